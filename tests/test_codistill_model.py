@@ -1,0 +1,386 @@
+"""CodistillModel: the train step, teachers, metrics and arguments."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl.testing import parameterized
+
+import tf_codistill
+from tf_codistill import exchange
+from tf_codistill import losses
+from tf_codistill import schedules
+from tf_codistill import testing
+
+SCCE = keras.losses.SparseCategoricalCrossentropy
+
+
+def publish_peer(model, exchange_dir, group, step):
+    """Publishes `model` as group `group`'s checkpoint at `step`, as a peer would."""
+    return exchange.Publisher(model, exchange.group_dir(exchange_dir, group)).publish(
+        step
+    )
+
+
+def make_codistill(exchange_dir, group=0, num_groups=2, seed=0, **kwargs):
+    kwargs.setdefault("burn_in_steps", 0)
+    model = tf_codistill.CodistillModel(
+        testing.mlp(seed=seed),
+        group_index=group,
+        num_groups=num_groups,
+        exchange_dir=exchange_dir,
+        **kwargs,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=SCCE(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def manual_step(student, teacher, x, y, weight, lr, distill_loss=None):
+    """One SGD step of task + weight * psi computed directly, for comparison."""
+    distill_loss = distill_loss or losses.SoftmaxCrossEntropy()
+    with tf.GradientTape() as tape:
+        logits = student(x, training=True)
+        task = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        )
+        psi = tf.reduce_mean(distill_loss([teacher(x, training=False)], logits))
+        total = task + weight * psi
+    grads = tape.gradient(total, student.trainable_variables)
+    new_weights = [
+        v.numpy() - lr * g.numpy() for v, g in zip(student.trainable_variables, grads)
+    ]
+    teacher_top1 = tf.argmax(teacher(x), axis=-1)
+    agreement = tf.reduce_mean(
+        tf.cast(tf.equal(tf.argmax(logits, -1), teacher_top1), tf.float32)
+    )
+    return dict(
+        task=float(task),
+        psi=float(psi),
+        total=float(total),
+        agreement=float(agreement),
+        weights=new_weights,
+    )
+
+
+class TrainStepTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        self.x, self.y = testing.toy_classification(64)
+
+    def test_one_step_matches_hand_computation(self):
+        peer = testing.mlp(seed=1)
+        publish_peer(peer, self.dir, group=1, step=100)
+        model = make_codistill(self.dir, distill_weight=0.5)
+        model.reload_teachers()
+        x, y = self.x[:16], self.y[:16]
+        expected = manual_step(model.student, peer, x, y, weight=0.5, lr=0.1)
+        history = model.fit(
+            x, y, batch_size=16, epochs=1, shuffle=False, verbose=0
+        ).history
+        for got, want in zip(model.student.trainable_variables, expected["weights"]):
+            self.assertAllClose(got, want, atol=1e-6)
+        self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
+        self.assertAllClose(history["distill_loss"], [expected["psi"]], atol=1e-5)
+        self.assertAllClose(history["distill_weight"], [0.5])
+        self.assertAllClose(history["agreement"], [expected["agreement"]])
+        # Own step 0 when the step ran, teacher from step 100.
+        self.assertAllClose(history["teacher_staleness"], [-100.0])
+
+    def test_only_student_variables_change(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=5)
+        model = make_codistill(self.dir)
+        model.reload_teachers()
+        teacher = model.teachers[0]
+        self.assertEqual(teacher.trainable_weights, [])
+        self.assertEqual(
+            {v.ref() for v in model.trainable_variables},
+            {v.ref() for v in model.student.trainable_variables},
+        )
+        teacher_before = [w.copy() for w in teacher.get_weights()]
+        student_before = [w.copy() for w in model.student.get_weights()]
+        history = model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0).history
+        self.assertGreater(history["distill_loss"][0], 0.0)
+        for before, after in zip(teacher_before, teacher.get_weights()):
+            self.assertAllEqual(before, after)
+        changed = [
+            not np.array_equal(b, a)
+            for b, a in zip(student_before, model.student.get_weights())
+        ]
+        self.assertTrue(all(changed))
+
+    def test_reload_is_bit_exact_and_never_retraces(self):
+        peer = testing.mlp(seed=1)
+        model = make_codistill(self.dir, exchange_every_n_steps=2)
+        publish_peer(peer, self.dir, group=1, step=10)
+        model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0)
+        traces = model.train_function.experimental_get_tracing_count()
+        for step in (20, 30, 40):
+            peer.set_weights([w + 0.5 for w in peer.get_weights()])
+            path = publish_peer(peer, self.dir, group=1, step=step)
+            # Reloads happen inside fit (every 2 steps) and by hand.
+            model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0)
+            self.assertEqual(
+                model.train_function.experimental_get_tracing_count(), traces
+            )
+            self.assertEqual(list(model.teacher_steps), [step])
+            reader = tf.train.load_checkpoint(path)
+            for variable, key in zip(
+                model.teachers[0].weights, _weight_keys(peer, path)
+            ):
+                self.assertAllEqual(variable.numpy(), reader.get_tensor(key))
+
+    def test_burn_in_switches_distillation_on(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir, burn_in_steps=4, distill_weight=2.0)
+        ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(16).repeat()
+        history = model.fit(ds, steps_per_epoch=4, epochs=2, verbose=0).history
+        # Epoch 1 = steps 0..3 (burn-in), epoch 2 = steps 4..7.
+        self.assertAllClose(history["distill_weight"], [0.0, 2.0])
+        self.assertEqual(history["distill_loss"][0], 0.0)
+        self.assertGreater(history["distill_loss"][1], 0.0)
+        self.assertAllClose(
+            history["loss"][1],
+            history["task_loss"][1] + 2.0 * history["distill_loss"][1],
+            rtol=1e-5,
+        )
+        self.assertAllClose(history["loss"][0], history["task_loss"][0])
+
+    def test_no_peer_checkpoint_means_no_distillation(self):
+        model = make_codistill(self.dir)
+        history = model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0).history
+        self.assertEqual(history["distill_weight"], [0.0])
+        self.assertEqual(history["distill_loss"], [0.0])
+        self.assertAllClose(history["loss"], history["task_loss"])
+        self.assertEqual(list(model.teacher_steps), [-1])
+        # The group still published its own checkpoint at the end of training.
+        self.assertIsNotNone(
+            tf.train.latest_checkpoint(os.path.join(self.dir, "group_0"))
+        )
+
+    def test_max_staleness_leaves_old_teachers_out(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir, max_staleness_steps=3)
+        ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(16).repeat()
+        history = model.fit(ds, steps_per_epoch=4, epochs=2, verbose=0).history
+        # Steps 0..3 are within 3 steps of the teacher (step 0); 4..7 are not.
+        self.assertAllClose(history["distill_weight"], [1.0, 0.0])
+
+    def test_several_peers_average(self):
+        for g in (1, 2):
+            publish_peer(testing.mlp(seed=g), self.dir, group=g, step=7)
+        model = make_codistill(self.dir, num_groups=3)
+        outcomes = model.reload_teachers()
+        self.assertEqual(
+            [(o.peer, o.status, o.step) for o in outcomes],
+            [(1, "loaded", 7), (2, "loaded", 7)],
+        )
+        x = self.x[:8]
+        got = model.evaluate(x, self.y[:8], batch_size=8, verbose=0, return_dict=True)
+        want = losses.SoftmaxCrossEntropy()(
+            [t(x) for t in model.teachers], model.student(x)
+        )
+        self.assertAllClose(got["distill_loss"], float(tf.reduce_mean(want)), rtol=1e-5)
+
+    def test_evaluate_reports_student_metrics_and_agreement(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir, burn_in_steps=1000)
+        model.reload_teachers()
+        result = model.evaluate(
+            self.x, self.y, batch_size=32, verbose=0, return_dict=True
+        )
+        self.assertEqual(
+            set(result), {"loss", "task_loss", "distill_loss", "agreement", "accuracy"}
+        )
+        # During burn-in the total is the task loss, but agreement is reported.
+        self.assertAllClose(result["loss"], result["task_loss"])
+        self.assertGreater(result["agreement"], 0.0)
+
+    def test_sequence_outputs_with_masks(self):
+        vocab, length = 11, 5
+
+        def lm():
+            inputs = keras.Input((length,), dtype="int32")
+            h = keras.layers.Embedding(vocab, 8)(inputs)
+            return keras.Model(inputs, keras.layers.Dense(vocab)(h))
+
+        keras.utils.set_random_seed(1)
+        publish_peer(lm(), self.dir, group=1, step=3)
+        model = tf_codistill.CodistillModel(
+            lm(), group_index=0, num_groups=2, exchange_dir=self.dir, burn_in_steps=0
+        )
+        model.compile(keras.optimizers.Adam(1e-2), loss=SCCE(from_logits=True))
+        tokens = np.random.default_rng(0).integers(0, vocab, size=(32, length))
+        mask = (np.arange(length)[None, :] < 3).astype("float32").repeat(32, axis=0)
+        history = model.fit(
+            tokens, tokens, sample_weight=mask, batch_size=8, verbose=0
+        ).history
+        self.assertGreater(history["distill_loss"][0], 0.0)
+        self.assertTrue(np.isfinite(history["loss"][0]))
+
+    def test_student_saves_without_teachers(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir)
+        model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0)
+        path = os.path.join(self.create_tempdir().full_path, "served.keras")
+        model.student.save(path)
+        served = keras.models.load_model(path)
+        self.assertLen(served.weights, len(model.student.weights))
+        self.assertAllClose(served(self.x[:4]), model.student(self.x[:4]))
+        self.assertAllClose(model.predict(self.x[:4], verbose=0), served(self.x[:4]))
+        with self.assertRaisesRegex(NotImplementedError, r"model.student.save"):
+            model.save(path)
+
+
+class TeacherBuilderTest(tf.test.TestCase):
+    def test_subclassed_student_needs_builder(self):
+        student = testing.SubclassedMLP()
+        student(np.zeros((1, 8), np.float32))
+        d = self.create_tempdir().full_path
+        with self.assertRaisesRegex(ValueError, "teacher_builder"):
+            tf_codistill.CodistillModel(
+                student, group_index=0, num_groups=2, exchange_dir=d
+            )
+        model = tf_codistill.CodistillModel(
+            student,
+            group_index=0,
+            num_groups=2,
+            exchange_dir=d,
+            teacher_builder=lambda: testing.SubclassedMLP(seed=3),
+            burn_in_steps=0,
+        )
+        self.assertFalse(model.teachers[0].trainable_weights)
+        peer = testing.SubclassedMLP(seed=1)
+        peer(np.zeros((1, 8), np.float32))
+        publish_peer(peer, d, group=1, step=1)
+        self.assertEqual(model.reload_teachers()[0].status, "loaded")
+        self.assertAllClose(
+            model.teachers[0](np.ones((2, 8), np.float32)),
+            peer(np.ones((2, 8), np.float32)),
+        )
+
+    def test_builder_of_another_architecture_is_refused(self):
+        d = self.create_tempdir().full_path
+        with self.assertRaisesRegex(ValueError, "differ from the student"):
+            tf_codistill.CodistillModel(
+                testing.mlp(),
+                group_index=0,
+                num_groups=2,
+                exchange_dir=d,
+                teacher_builder=lambda: testing.mlp(hidden=(5,)),
+            )
+
+
+class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
+    @parameterized.named_parameters(
+        (
+            "group_out_of_range",
+            dict(group_index=2, num_groups=2),
+            "group_index must be < num_groups",
+        ),
+        ("negative_group", dict(group_index=-1), "group_index must be an integer >= 0"),
+        ("zero_groups", dict(num_groups=0), "num_groups must be an integer >= 1"),
+        ("self_peer", dict(peer_indices=[0]), "peer_indices must name other groups"),
+        ("duplicate_peers", dict(num_groups=3, peer_indices=[1, 1]), "duplicates"),
+        (
+            "bad_interval",
+            dict(exchange_every_n_steps=0),
+            "exchange_every_n_steps must be",
+        ),
+        ("bad_loss", dict(distill_loss="kld"), "Unknown distillation loss 'kld'"),
+        (
+            "schedule_and_burn_in",
+            dict(distill_weight=schedules.LinearRamp(), burn_in_steps=3),
+            "burn_in_steps applies to a numeric distill_weight only",
+        ),
+        ("bad_staleness", dict(max_staleness_steps=-2), "max_staleness_steps must be"),
+        (
+            "bad_keep",
+            dict(max_checkpoints_to_keep=0),
+            "max_checkpoints_to_keep must be",
+        ),
+    )
+    def test_bad_argument_is_named(self, overrides, message):
+        kwargs = dict(
+            group_index=0, num_groups=2, exchange_dir=self.create_tempdir().full_path
+        )
+        kwargs.update(overrides)
+        with self.assertRaisesRegex(ValueError, message):
+            tf_codistill.CodistillModel(testing.mlp(), **kwargs)
+
+    def test_unbuilt_student(self):
+        with self.assertRaisesRegex(ValueError, "has no variables yet"):
+            tf_codistill.CodistillModel(
+                keras.Sequential([keras.layers.Dense(2)]),
+                group_index=0,
+                num_groups=2,
+                exchange_dir="/tmp/unused",
+            )
+
+    def test_keras3_model_is_refused(self):
+        with self.assertRaisesRegex(TypeError, "tf_keras.Model"):
+            tf_codistill.CodistillModel(
+                object(), group_index=0, num_groups=2, exchange_dir="x"
+            )
+
+    def test_paper_defaults(self):
+        model = tf_codistill.CodistillModel(
+            testing.mlp(),
+            group_index=0,
+            num_groups=2,
+            exchange_dir=self.create_tempdir().full_path,
+        )
+        self.assertEqual(
+            model.distill_loss, losses.SoftmaxCrossEntropy(temperature=1.0)
+        )
+        self.assertEqual(model.distill_weight_schedule, schedules.BurnIn(1.0, 3000))
+        self.assertEqual(model.exchange_every_n_steps, 50)
+        self.assertEqual(model.peer_indices, (1,))
+
+
+class MirroredMetricsTest(tf.test.TestCase):
+    """Reported metrics are true values under MirroredStrategy, not replica sums."""
+
+    def test_metrics_and_step_match_single_device(self):
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        d = self.create_tempdir().full_path
+        peer = testing.mlp(seed=1)
+        publish_peer(peer, d, group=1, step=0)
+        x, y = testing.toy_classification(32)
+        reference = testing.mlp(seed=0)
+        teacher = testing.mlp(seed=1)
+        expected = manual_step(reference, teacher, x, y, weight=1.0, lr=0.1)
+        with strategy.scope():
+            model = make_codistill(d)
+        history = model.fit(
+            x, y, batch_size=32, epochs=1, shuffle=False, verbose=0
+        ).history
+        self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
+        self.assertAllClose(history["distill_loss"], [expected["psi"]], atol=1e-5)
+        self.assertAllClose(history["distill_weight"], [1.0])
+        self.assertAllClose(history["agreement"], [expected["agreement"]])
+        for got, want in zip(model.student.trainable_variables, expected["weights"]):
+            self.assertAllClose(got, want, atol=1e-6)
+
+
+def _weight_keys(model, path):
+    """Checkpoint keys of `model.weights`, in order, found by value in `path`."""
+    reader = tf.train.load_checkpoint(path)
+    keys = [k for k in reader.get_variable_to_shape_map() if k.startswith("model/")]
+    found = []
+    for w in model.weights:
+        matches = [k for k in keys if np.array_equal(reader.get_tensor(k), w.numpy())]
+        assert len(matches) == 1, (w.name, matches)
+        found.append(matches[0])
+    return found
+
+
+if __name__ == "__main__":
+    tf.test.main()

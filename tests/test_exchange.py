@@ -1,0 +1,271 @@
+"""Checkpoint exchange: the on-disk contract and every way a peer checkpoint can be bad."""
+
+import glob
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl.testing import parameterized
+
+import tf_codistill
+from tf_codistill import exchange
+from tf_codistill import testing
+
+
+def _data_file(prefix):
+    (path,) = glob.glob(prefix + ".data-*")
+    return path
+
+
+def _truncate(fraction):
+    def corrupt(prefix):
+        path = _data_file(prefix)
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(int(size * fraction))
+
+    return corrupt
+
+
+def _flip_byte(prefix):
+    path = _data_file(prefix)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _empty_index(prefix):
+    open(prefix + ".index", "wb").close()
+
+
+def _delete_data(prefix):
+    os.remove(_data_file(prefix))
+
+
+def _delete_all(prefix):
+    for path in glob.glob(prefix + ".*"):
+        os.remove(path)
+
+
+def _write_state(content):
+    def corrupt(prefix):
+        with open(os.path.join(os.path.dirname(prefix), "checkpoint"), "wb") as f:
+            f.write(content if isinstance(content, bytes) else content.encode())
+
+    return corrupt
+
+
+def _republish(model_fn, step_in_file=None):
+    """Overwrites ckpt-10 with another model's checkpoint (optionally another step)."""
+
+    def corrupt(prefix):
+        _delete_all(prefix)
+        step = tf.Variable(10 if step_in_file is None else step_in_file, dtype=tf.int64)
+        tf.train.Checkpoint(model=model_fn(), step=step).write(prefix)
+
+    return corrupt
+
+
+def _nan_model():
+    model = testing.mlp(seed=4)
+    weights = model.get_weights()
+    weights[0][0, 0] = np.nan
+    model.set_weights(weights)
+    return model
+
+
+def _extra_layer_model():
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    h = keras.layers.Dense(4)(h)
+    return keras.Model(inputs, keras.layers.Dense(4)(h))
+
+
+def _float64_model():
+    inputs = keras.Input((8,), dtype="float64")
+    h = keras.layers.Dense(16, dtype="float64")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, dtype="float64")(h))
+
+
+class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
+    """Each bad checkpoint leaves the previous teacher intact and training running."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        self.peer = testing.mlp(seed=1)
+        self.publisher = exchange.Publisher(self.peer, exchange.group_dir(self.dir, 1))
+        self.publisher.publish(5)
+        self.model = tf_codistill.CodistillModel(
+            testing.mlp(seed=0),
+            group_index=0,
+            num_groups=2,
+            exchange_dir=self.dir,
+            burn_in_steps=0,
+        )
+        self.model.compile(
+            keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        (outcome,) = self.model.reload_teachers()
+        self.assertEqual((outcome.status, outcome.step), ("loaded", 5))
+        self.good = [w.copy() for w in self.model.teachers[0].get_weights()]
+        # The peer trains on and publishes step 10, which the test then breaks.
+        self.peer.set_weights([w + 1.0 for w in self.peer.get_weights()])
+        self.prefix = self.publisher.publish(10)
+
+    def assert_teacher_kept(self, reason_pattern):
+        (outcome,) = self.model.reload_teachers()
+        self.assertEqual(outcome.status, "failed", outcome)
+        self.assertRegex(outcome.reason, reason_pattern)
+        for good, now in zip(self.good, self.model.teachers[0].get_weights()):
+            self.assertAllEqual(good, now)
+        self.assertEqual(list(self.model.teacher_steps), [5])
+        self.assertEqual(self.model.reload_counts[1]["failed"], 1)
+        x, y = testing.toy_classification(32)
+        history = self.model.fit(x, y, batch_size=16, verbose=0).history
+        self.assertTrue(np.isfinite(history["loss"][0]))
+        self.assertGreater(
+            history["distill_loss"][0], 0.0
+        )  # still distilling from step 5
+
+    @parameterized.named_parameters(
+        ("data_truncated_to_zero", _truncate(0.0), "cannot restore ckpt-10"),
+        ("data_truncated_half", _truncate(0.5), "cannot restore ckpt-10"),
+        ("data_truncated_99", _truncate(0.99), "cannot restore ckpt-10"),
+        ("data_bit_flip", _flip_byte, "cannot restore ckpt-10: DataLossError"),
+        ("index_zero_length", _empty_index, "cannot read the index of ckpt-10"),
+        ("index_without_data", _delete_data, "cannot restore ckpt-10"),
+        ("deleted_by_cleanup", _delete_all, r"ckpt-10.index is missing"),
+        (
+            "state_file_garbage",
+            _write_state(b"\x00\xff\xfe garbage"),
+            "names no model_checkpoint_path",
+        ),
+        (
+            "state_file_escapes",
+            _write_state('model_checkpoint_path: "/etc/passwd"\n'),
+            r"expected 'ckpt-<step>'",
+        ),
+        (
+            "other_shapes",
+            _republish(lambda: testing.mlp(hidden=(12,))),
+            r"hidden_0/kernel has shape \[8, 12\], expected \[8, 16\]",
+        ),
+        ("extra_layer", _republish(_extra_layer_model), "is not in this model"),
+        (
+            "other_dtype",
+            _republish(_float64_model),
+            "has dtype float64, expected float32",
+        ),
+        ("nan_weights", _republish(_nan_model), "holds NaN or Inf"),
+        (
+            "step_disagrees_with_name",
+            _republish(testing.mlp, step_in_file=9),
+            "ckpt-10 holds step 9, not 10",
+        ),
+    )
+    def test_bad_checkpoint(self, corrupt, reason_pattern):
+        corrupt(self.prefix)
+        self.assert_teacher_kept(reason_pattern)
+
+    def test_state_file_cannot_point_into_another_directory(self):
+        # Only the base name counts: "../group_0/ckpt-3" means group_1/ckpt-3.
+        own = exchange.Publisher(self.model.student, exchange.group_dir(self.dir, 0))
+        own.publish(3)
+        _write_state('model_checkpoint_path: "../group_0/ckpt-3"\n')(self.prefix)
+        self.assert_teacher_kept(r"ckpt-3.index is missing")
+
+    def test_checkpoint_deleted_between_find_and_read(self):
+        (loader,) = self.model._loaders  # pylint: disable=protected-access
+        ref = loader.latest()
+        self.assertEqual(ref.step, 10)
+        _delete_all(self.prefix)
+        with self.assertRaisesRegex(
+            exchange.PeerCheckpointError, "cannot read the index"
+        ):
+            loader.stage(ref)
+        for good, now in zip(self.good, self.model.teachers[0].get_weights()):
+            self.assertAllEqual(good, now)
+
+    def test_good_checkpoint_after_failure_is_loaded(self):
+        _truncate(0.5)(self.prefix)
+        self.assertEqual(self.model.reload_teachers()[0].status, "failed")
+        self.publisher.publish(15)
+        (outcome,) = self.model.reload_teachers()
+        self.assertEqual((outcome.status, outcome.step), ("loaded", 15))
+        self.assertAllEqual(
+            self.model.teachers[0].get_weights()[0], self.peer.get_weights()[0]
+        )
+
+
+class NoPeerYetTest(tf.test.TestCase):
+    def test_missing_directory_is_not_an_error(self):
+        d = self.create_tempdir().full_path
+        model = tf_codistill.CodistillModel(
+            testing.mlp(), group_index=0, num_groups=2, exchange_dir=d
+        )
+        self.assertFalse(os.path.exists(os.path.join(d, "group_1")))
+        (outcome,) = model.reload_teachers()
+        self.assertEqual(outcome.status, "no_checkpoint")
+        self.assertEqual(list(model.teacher_steps), [-1])
+
+
+class PublisherTest(tf.test.TestCase):
+    def test_on_disk_contract(self):
+        d = self.create_tempdir().full_path
+        student = testing.mlp(seed=2)
+        publisher = exchange.Publisher(student, exchange.group_dir(d, 3), max_to_keep=2)
+        for step in (1, 2, 2, 3):
+            publisher.publish(step)
+        group_dir = os.path.join(d, "group_3")
+        # A repeated step is not saved twice; only the last two are kept.
+        self.assertEqual(
+            sorted(glob.glob(os.path.join(group_dir, "ckpt-*.index"))),
+            [os.path.join(group_dir, f"ckpt-{s}.index") for s in (2, 3)],
+        )
+        # The documented way for anyone to read a group's model.
+        fresh = testing.mlp(seed=9)
+        tf.train.Checkpoint(model=fresh).restore(
+            tf.train.latest_checkpoint(group_dir)
+        ).expect_partial()
+        for a, b in zip(fresh.get_weights(), student.get_weights()):
+            self.assertAllEqual(a, b)
+        reader = tf.train.load_checkpoint(group_dir)
+        self.assertEqual(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), 3)
+        self.assertFalse(
+            [k for k in reader.get_variable_to_shape_map() if "optimizer" in k]
+        )
+
+    def test_unwritable_exchange_dir_is_a_clear_error(self):
+        blocker = os.path.join(self.create_tempdir().full_path, "not_a_dir")
+        open(blocker, "w").close()
+        model = tf_codistill.CodistillModel(
+            testing.mlp(), group_index=0, num_groups=2, exchange_dir=blocker
+        )
+        model.compile("sgd", loss="mse")
+        with self.assertRaisesRegex(
+            tf_codistill.ExchangeWriteError,
+            "group 0 cannot publish step 0 into .*not_a_dir/group_0",
+        ):
+            model.publish()
+
+    def test_signature_lists_model_variables(self):
+        signature = exchange.ModelSignature.of_model(testing.mlp())
+        self.assertEqual(
+            sorted(signature.expected),
+            sorted(
+                f"model/layer_with_weights-{i}/{n}/.ATTRIBUTES/VARIABLE_VALUE"
+                for i in (0, 1)
+                for n in ("kernel", "bias")
+            ),
+        )
+        self.assertEqual(signature.num_bytes, 4 * (8 * 16 + 16 + 16 * 4 + 4))
+        self.assertEqual(tf.io.gfile.glob("ram://tf_codistill_signature/*"), [])
+
+
+if __name__ == "__main__":
+    tf.test.main()

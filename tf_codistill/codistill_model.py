@@ -1,0 +1,757 @@
+"""`CodistillModel`: a Keras model that codistills a student with its peers.
+
+Each group of a codistillation run wraps its own copy of the model (the
+*student*) in a `CodistillModel`. The wrapper holds one frozen *teacher* per
+peer group, restored from that peer's latest published checkpoint, and trains
+the student on
+
+    loss = task_loss + w(step) * psi(mean_j teacher_j(x), student(x))
+
+where the task loss is the one given to `compile`, psi a distillation loss
+(`tf_codistill.losses`), w a weight schedule (`tf_codistill.schedules`), and
+the mean runs over the peers whose teachers are available. Publishing the
+student and reloading teachers happen between steps, in `ExchangeCallback`,
+which `fit` adds by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from tf_codistill import callbacks as callbacks_lib
+from tf_codistill import distribute
+from tf_codistill import exchange
+from tf_codistill import losses
+from tf_codistill import schedules
+
+__all__ = ["CodistillModel", "ReloadOutcome", "ExchangeWriteError"]
+
+# Metric names, also used by callbacks, binaries and docs.
+LOSS = "loss"
+TASK_LOSS = "task_loss"
+DISTILL_LOSS = "distill_loss"
+DISTILL_WEIGHT = "distill_weight"
+TEACHER_STALENESS = "teacher_staleness"
+AGREEMENT = "agreement"
+
+
+class ExchangeWriteError(RuntimeError):
+    """The group cannot publish its checkpoint (full or unwritable exchange dir)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadOutcome:
+    """What happened to one peer's teacher at one reload.
+
+    Attributes:
+      peer: the peer group index.
+      status: `loaded` (new checkpoint now in the teacher), `unchanged` (the
+        teacher already holds the peer's latest), `no_checkpoint` (the peer has
+        not published yet) or `failed` (see `reason`; the previous teacher, if
+        any, is kept).
+      step: the step of the checkpoint concerned (-1 if none).
+      staleness: own step minus `step` at the reload (None if no checkpoint).
+      reason: why a reload failed.
+      seconds: time spent restoring.
+    """
+
+    peer: int
+    status: str
+    step: int = -1
+    staleness: Optional[int] = None
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def _is_graph_network(model: keras.Model) -> bool:
+    return isinstance(model, keras.Sequential) or bool(
+        getattr(model, "_is_graph_network", False)
+    )
+
+
+def _zeros_like_spec(spec: tf.TensorSpec) -> tf.Tensor:
+    shape = [1 if d is None else d for d in spec.shape.as_list()]
+    return tf.zeros(shape, spec.dtype)
+
+
+def _build_like(model: keras.Model, student: keras.Model) -> None:
+    """Creates `model`'s variables by calling it on zeros shaped like the student's input."""
+    if model.built and model.weights:
+        return
+    spec = student.save_spec(dynamic_batch=True)
+    if spec is None:
+        raise ValueError(
+            "teacher_builder returned an unbuilt model and the student's input shape is "
+            "unknown; build both (call them on a batch) before wrapping the student"
+        )
+    args, kwargs = tf.nest.map_structure(
+        lambda s: _zeros_like_spec(s) if isinstance(s, tf.TensorSpec) else s, spec
+    )
+    model(*args, **kwargs, training=False)
+
+
+class CodistillModel(keras.Model):
+    """Trains `student` with a distillation term against its peers' checkpoints.
+
+    Defaults follow Anil et al. (2018): psi is the cross-entropy to the peers'
+    averaged predicted distribution, weight 1, no temperature, switched on in
+    one step after `burn_in_steps` (3000, the paper's ImageNet value), and
+    checkpoints exchanged every 50 steps.
+
+    Args:
+      student: a built `tf_keras.Model` returning logits (one tensor,
+        `[batch, classes]`, `[batch, 1]` or `[batch, time, vocab]`). Create it
+        inside the strategy scope, as you create this model.
+      group_index: this group's index in `[0, num_groups)`.
+      num_groups: number of groups in the run.
+      exchange_dir: directory (local path or any `tf.io.gfile` URL) shared by
+        all groups; this group publishes into `<exchange_dir>/group_<i>/`.
+      distill_loss: a `tf_codistill.losses` name or `DistillationLoss`.
+      distill_weight: a number, the weight after burn-in, or a
+        `tf_codistill.schedules.DistillWeightSchedule`.
+      burn_in_steps: train steps without distillation when `distill_weight` is
+        a number (default 3000); must be None when it is a schedule.
+      exchange_every_n_steps: publish and reload every this many train steps.
+      peer_indices: groups to learn from; defaults to every other group. An
+        empty sequence trains without distillation but still publishes (an
+        independent baseline group).
+      teacher_builder: zero-argument callable returning a new model of the
+        student's architecture; needed for subclassed students, defaults to
+        `tf_keras.models.clone_model(student)`.
+      max_checkpoints_to_keep: published checkpoints kept on disk (>= 3
+        advised so that readers do not race the cleanup).
+      max_staleness_steps: if set, a teacher older than this many steps is left
+        out of the average until its peer publishes again.
+      **kwargs: passed to `tf_keras.Model`, e.g. `name`.
+
+    Raises:
+      ValueError / TypeError: for any inconsistent argument, naming it.
+    """
+
+    def __init__(
+        self,
+        student: keras.Model,
+        *,
+        group_index: int,
+        num_groups: int,
+        exchange_dir: str,
+        distill_loss: Union[str, losses.DistillationLoss] = "softmax_cross_entropy",
+        distill_weight: Union[float, schedules.DistillWeightSchedule] = 1.0,
+        burn_in_steps: Optional[int] = None,
+        exchange_every_n_steps: int = 50,
+        peer_indices: Optional[Sequence[int]] = None,
+        teacher_builder: Optional[Callable[[], keras.Model]] = None,
+        max_checkpoints_to_keep: int = 5,
+        max_staleness_steps: Optional[int] = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "codistill")
+        super().__init__(**kwargs)
+        if not isinstance(student, keras.Model):
+            raise TypeError(
+                f"student must be a tf_keras.Model (import tf_keras as keras), got "
+                f"{type(student).__module__}.{type(student).__name__}"
+            )
+        if not (student.built and student.weights):
+            raise ValueError(
+                f"student {student.name!r} has no variables yet; give it an input shape "
+                "(keras.Input) or call it on a batch before wrapping it"
+            )
+        num_groups = _check_int("num_groups", num_groups, minimum=1)
+        group_index = _check_int("group_index", group_index, minimum=0)
+        if group_index >= num_groups:
+            raise ValueError(
+                f"group_index must be < num_groups={num_groups}, got {group_index}"
+            )
+        if peer_indices is None:
+            peer_indices = [j for j in range(num_groups) if j != group_index]
+        peer_indices = [
+            _check_int("peer_indices entry", j, minimum=0) for j in peer_indices
+        ]
+        for j in peer_indices:
+            if j >= num_groups or j == group_index:
+                raise ValueError(
+                    f"peer_indices must name other groups in [0, {num_groups}), got {j} "
+                    f"(this is group {group_index})"
+                )
+        if len(set(peer_indices)) != len(peer_indices):
+            raise ValueError(f"peer_indices has duplicates: {peer_indices}")
+        if isinstance(distill_weight, schedules.DistillWeightSchedule):
+            if burn_in_steps is not None:
+                raise ValueError(
+                    "burn_in_steps applies to a numeric distill_weight only; "
+                    f"the schedule {distill_weight!r} sets its own start"
+                )
+            schedule = distill_weight
+        else:
+            if burn_in_steps is None:
+                burn_in_steps = schedules.PAPER_BURN_IN_STEPS
+            schedule = schedules.get(distill_weight, burn_in_steps)
+        self._exchange_every_n_steps = _check_int(
+            "exchange_every_n_steps", exchange_every_n_steps, minimum=1
+        )
+        if max_staleness_steps is not None:
+            max_staleness_steps = _check_int(
+                "max_staleness_steps", max_staleness_steps, minimum=0
+            )
+        self._max_staleness_steps = max_staleness_steps
+        self._group_index = group_index
+        self._num_groups = num_groups
+        self._peer_indices = tuple(peer_indices)
+        self._exchange_dir = str(exchange_dir)
+        self._distill_loss = losses.get(distill_loss)
+        self._schedule = schedule
+
+        self.student = student
+        builder = self._resolve_builder(student, teacher_builder)
+        self._teachers = [self._make_teacher(builder, j) for j in self._peer_indices]
+        self._teacher_steps = tf.Variable(
+            tf.fill([len(self._peer_indices)], tf.constant(-1, tf.int64)),
+            trainable=False,
+            name="teacher_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+        self._loss_tracker = keras.metrics.Mean(name=LOSS)
+        self._task_loss_tracker = keras.metrics.Mean(name=TASK_LOSS)
+        self._distill_loss_tracker = keras.metrics.Mean(name=DISTILL_LOSS)
+        self._weight_tracker = keras.metrics.Mean(name=DISTILL_WEIGHT)
+        self._staleness_tracker = keras.metrics.Mean(name=TEACHER_STALENESS)
+        self._agreement_tracker = keras.metrics.Mean(name=AGREEMENT)
+
+        # The exchange objects are plain Python (not tracked): they are not
+        # training state and hold host-side staging copies.
+        self._set_exchange(
+            builder,
+            _check_int("max_checkpoints_to_keep", max_checkpoints_to_keep, minimum=1),
+        )
+        self.built = True
+        logging.info(
+            "CodistillModel group %d of %d: peers %s, exchange_dir %s, distill_loss %r, "
+            "distill_weight %r, exchange every %d steps, max_staleness_steps %s, publishing %s",
+            group_index,
+            num_groups,
+            list(self._peer_indices),
+            self._exchange_dir,
+            self._distill_loss,
+            self._schedule,
+            self._exchange_every_n_steps,
+            self._max_staleness_steps,
+            self._publisher is not None,
+        )
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _set_exchange(
+        self, builder: Callable[[], keras.Model], max_to_keep: int
+    ) -> None:
+        strategy = tf.distribute.get_strategy()
+        self._strategy_for_exchange = strategy
+        self._publisher = None
+        if distribute.is_chief(strategy):
+            self._publisher = exchange.Publisher(
+                self.student,
+                exchange.group_dir(self._exchange_dir, self._group_index),
+                max_to_keep=max_to_keep,
+            )
+        self._loaders: List[exchange.TeacherLoader] = []
+        self._last_status = {j: None for j in self._peer_indices}
+        self.reload_counts = {j: {"loaded": 0, "failed": 0} for j in self._peer_indices}
+        if not self._peer_indices:
+            return
+
+        def make_staging():
+            staging = builder()
+            _build_like(staging, self.student)
+            return staging, exchange.ModelSignature.of_model(staging)
+
+        # One staging copy serves all peers: they are loaded one after another.
+        staging, signature = exchange.outside_strategy(make_staging)
+        self._loaders = [
+            exchange.TeacherLoader(
+                j,
+                exchange.group_dir(self._exchange_dir, j),
+                teacher,
+                staging,
+                signature,
+            )
+            for j, teacher in zip(self._peer_indices, self._teachers)
+        ]
+
+    # ------------------------------------------------------------------
+    # Construction helpers.
+
+    @staticmethod
+    def _resolve_builder(student, teacher_builder):
+        if teacher_builder is not None:
+            if not callable(teacher_builder):
+                raise TypeError(
+                    f"teacher_builder must be callable, got {teacher_builder!r}"
+                )
+            return teacher_builder
+        if _is_graph_network(student):
+
+            def clone():
+                try:
+                    return keras.models.clone_model(student)
+                except Exception as e:
+                    raise ValueError(
+                        f"cannot clone student {student.name!r} to build teachers ({e}); "
+                        "pass teacher_builder=<function returning a new model>"
+                    ) from e
+
+            return clone
+        raise ValueError(
+            f"student {student.name!r} is a subclassed model, which cannot be cloned; "
+            "pass teacher_builder=<zero-argument function returning a new model of the "
+            "same architecture>"
+        )
+
+    def _make_teacher(self, builder, peer: int) -> keras.Model:
+        teacher = builder()
+        if not isinstance(teacher, keras.Model):
+            raise TypeError(
+                f"teacher_builder must return a tf_keras.Model, got {type(teacher)}"
+            )
+        if teacher is self.student:
+            raise ValueError("teacher_builder must return a new model, not the student")
+        _build_like(teacher, self.student)
+        teacher_shapes = [tuple(w.shape) for w in teacher.weights]
+        student_shapes = [tuple(w.shape) for w in self.student.weights]
+        if teacher_shapes != student_shapes:
+            raise ValueError(
+                "teacher_builder built a model whose variables differ from the student's: "
+                f"{teacher_shapes} vs {student_shapes}"
+            )
+        teacher.trainable = False
+        teacher._name = f"teacher_{peer}"  # pylint: disable=protected-access
+        return teacher
+
+    # ------------------------------------------------------------------
+    # Public properties.
+
+    @property
+    def group_index(self) -> int:
+        return self._group_index
+
+    @property
+    def num_groups(self) -> int:
+        return self._num_groups
+
+    @property
+    def peer_indices(self) -> tuple:
+        return self._peer_indices
+
+    @property
+    def exchange_dir(self) -> str:
+        return self._exchange_dir
+
+    @property
+    def exchange_every_n_steps(self) -> int:
+        return self._exchange_every_n_steps
+
+    @property
+    def teachers(self) -> tuple:
+        """The frozen teacher models, in the order of `peer_indices`."""
+        return tuple(self._teachers)
+
+    @property
+    def teacher_steps(self) -> np.ndarray:
+        """Step of the checkpoint in each teacher (-1: none loaded yet)."""
+        return self._teacher_steps.numpy()
+
+    @property
+    def distill_loss(self) -> losses.DistillationLoss:
+        return self._distill_loss
+
+    @property
+    def distill_weight_schedule(self) -> schedules.DistillWeightSchedule:
+        return self._schedule
+
+    @property
+    def metrics(self):
+        trackers = [
+            self._loss_tracker,
+            self._task_loss_tracker,
+            self._distill_loss_tracker,
+            self._weight_tracker,
+            self._staleness_tracker,
+            self._agreement_tracker,
+        ]
+        compiled = []
+        if self._is_compiled and self.compiled_metrics is not None:
+            compiled = list(self.compiled_metrics.metrics)
+        # The compiled loss container tracks the task loss under the name
+        # "loss"; ours reports the total under that name instead.
+        excluded = {id(m) for m in trackers + compiled}
+        if self._is_compiled and self.compiled_loss is not None:
+            excluded |= {id(m) for m in self.compiled_loss.metrics}
+        rest = [m for m in super().metrics if id(m) not in excluded]
+        return trackers + compiled + rest
+
+    # ------------------------------------------------------------------
+    # Steps.
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def _peer_weights(self, step: tf.Tensor) -> tf.Tensor:
+        """`[num_peers]` float32: 1 for peers whose teacher may be used at `step`."""
+        teacher_steps = tf.convert_to_tensor(self._teacher_steps)
+        available = teacher_steps >= 0
+        if self._max_staleness_steps is not None:
+            available = tf.logical_and(
+                available, step - teacher_steps <= self._max_staleness_steps
+            )
+        return tf.cast(available, tf.float32)
+
+    def _position_weights(self, y_pred, sample_weight):
+        """Sample weights combined with a Keras mask on the student's output."""
+        mask = getattr(y_pred, "_keras_mask", None)
+        weights = None if sample_weight is None else tf.cast(sample_weight, tf.float32)
+        if mask is not None:
+            mask = tf.cast(mask, tf.float32)
+            weights = (
+                mask
+                if weights is None
+                else losses.broadcast_weights(weights, mask) * mask
+            )
+        return weights
+
+    def _distill_terms(self, x, y_pred, peer_weights, weights, active):
+        """Per-example psi `[batch]` and per-position agreement, 0 when not active.
+
+        The teachers run only when `active` (inside `tf.cond`), so burn-in
+        steps and steps without any available peer cost no teacher forward
+        pass; a teacher that is not available is not run either.
+        """
+        batch_shape = tf.shape(y_pred)[:1]
+        point_shape = (
+            tf.shape(y_pred)[:-1] if y_pred.shape.rank > 1 else tf.shape(y_pred)
+        )
+
+        def compute():
+            teacher_logits = []
+            for j, teacher in enumerate(self._teachers):
+                logits = tf.cond(
+                    peer_weights[j] > 0,
+                    lambda t=teacher: tf.cast(t(x, training=False), y_pred.dtype),
+                    lambda: tf.zeros_like(y_pred),
+                )
+                teacher_logits.append(tf.stop_gradient(logits))
+            per_example = self._distill_loss(
+                teacher_logits, y_pred, peer_weights=peer_weights, sample_weight=weights
+            )
+            targets = self._distill_loss.aggregate(teacher_logits, peer_weights)
+            agreement = self._distill_loss.agreement(targets, y_pred)
+            return per_example, tf.reshape(agreement, point_shape)
+
+        def skip():
+            return tf.zeros(batch_shape, tf.float32), tf.zeros(point_shape, tf.float32)
+
+        return tf.cond(active, compute, skip)
+
+    def _check_output(self, y_pred):
+        if not tf.is_tensor(y_pred):
+            raise ValueError(
+                "CodistillModel needs a student with a single logits output, got "
+                f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), y_pred)}"
+            )
+        self._distill_loss.validate_logits(y_pred)
+
+    def _step_terms(self, x, y, y_pred, sample_weight, step, training):
+        """Task loss, distillation terms and the weight in effect for one batch."""
+        self._check_output(y_pred)
+        task_loss = self.compiled_loss(
+            y, y_pred, sample_weight, regularization_losses=self.student.losses
+        )
+        peer_weights = self._peer_weights(step)
+        any_peer = tf.reduce_any(peer_weights > 0)
+        weight = self._schedule(step) * tf.cast(any_peer, tf.float32)
+        # Training runs the teachers only when psi counts; evaluation runs
+        # them whenever one is available, to report agreement during burn-in.
+        active = weight > 0 if training else any_peer
+        weights = self._position_weights(y_pred, sample_weight)
+        if self._teachers:
+            per_example, agreement = self._distill_terms(
+                x, y_pred, peer_weights, weights, active
+            )
+        else:
+            per_example = tf.zeros(tf.shape(y_pred)[:1], tf.float32)
+            agreement = None
+        # Scaled by the global batch: the same value and gradient under any strategy.
+        distill_loss = tf.nn.compute_average_loss(per_example)
+        total = task_loss + weight * distill_loss
+        return dict(
+            task_loss=task_loss,
+            distill_loss=distill_loss,
+            total=total,
+            per_example=per_example,
+            agreement=agreement,
+            weights=weights,
+            weight=weight,
+            peer_weights=peer_weights,
+            active=active,
+        )
+
+    def _update_trackers(self, y_pred, terms, step, training):
+        # Keras' loss tracker convention: per-replica (unscaled) mean, weighted
+        # by the local batch size, so that result() is the global mean.
+        replicas = tf.cast(
+            tf.distribute.get_strategy().num_replicas_in_sync, tf.float32
+        )
+        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        self._loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
+        self._task_loss_tracker.update_state(
+            terms["task_loss"] * replicas, sample_weight=batch
+        )
+        active = tf.cast(terms["active"], tf.float32)
+        self._distill_loss_tracker.update_state(
+            terms["per_example"],
+            sample_weight=active * tf.ones_like(terms["per_example"]),
+        )
+        if terms["agreement"] is not None:
+            agreement = terms["agreement"]
+            position_weights = tf.ones_like(agreement)
+            if terms["weights"] is not None:
+                position_weights = losses.broadcast_weights(terms["weights"], agreement)
+            self._agreement_tracker.update_state(
+                agreement, sample_weight=position_weights * active
+            )
+        if training:
+            self._weight_tracker.update_state(terms["weight"])
+            peer_weights = terms["peer_weights"]
+            if self._teachers:
+                staleness = tf.cast(
+                    step - tf.convert_to_tensor(self._teacher_steps), tf.float32
+                )
+                mean_staleness = tf.math.divide_no_nan(
+                    tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
+                )
+                self._staleness_tracker.update_state(
+                    mean_staleness, sample_weight=tf.reduce_max(peer_weights)
+                )
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # Read before the update: this step's index, the schedule's argument.
+        step = tf.convert_to_tensor(self.optimizer.iterations)
+        with tf.GradientTape() as tape:
+            y_pred = self.student(x, training=True)
+            terms = self._step_terms(x, y, y_pred, sample_weight, step, training=True)
+        self.optimizer.minimize(
+            terms["total"], self.student.trainable_variables, tape=tape
+        )
+        self._update_trackers(y_pred, terms, step, training=True)
+        self.compiled_metrics.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = (
+            tf.convert_to_tensor(self.optimizer.iterations)
+            if self.optimizer is not None
+            else tf.constant(0, tf.int64)
+        )
+        y_pred = self.student(x, training=False)
+        terms = self._step_terms(x, y, y_pred, sample_weight, step, training=False)
+        self._update_trackers(y_pred, terms, step, training=False)
+        self.compiled_metrics.update_state(y, y_pred, sample_weight)
+        results = self.get_metrics_result()
+        # Weight and staleness describe training; evaluation leaves them out.
+        results.pop(DISTILL_WEIGHT, None)
+        results.pop(TEACHER_STALENESS, None)
+        return results
+
+    # ------------------------------------------------------------------
+    # Exchange (between steps, never inside them).
+
+    def _own_step(self) -> int:
+        return (
+            int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0
+        )
+
+    def publish(self) -> Optional[str]:
+        """Publishes the student as `ckpt-<step>`; a no-op on non-chief workers.
+
+        Returns:
+          The checkpoint prefix written, or None when this process does not publish.
+
+        Raises:
+          ExchangeWriteError: the exchange directory cannot be written.
+        """
+        if self._publisher is None:
+            return None
+        step = self._own_step()
+        start = time.perf_counter()
+        try:
+            path = self._publisher.publish(step)
+        except tf.errors.OpError as e:
+            raise ExchangeWriteError(
+                f"group {self._group_index} cannot publish step {step} into "
+                f"{self._publisher.directory}: {e.message}"
+            ) from e
+        logging.info(
+            "Group %d: published step %d to %s (%.3f s)",
+            self._group_index,
+            step,
+            path,
+            time.perf_counter() - start,
+        )
+        return path
+
+    def reload_teachers(self) -> List[ReloadOutcome]:
+        """Restores each peer's latest checkpoint into its teacher.
+
+        Never raises for a peer's sake: a peer without a checkpoint is left
+        out, and a checkpoint that cannot be used (missing, truncated, deleted
+        mid-read, mismatched, non-finite) leaves that peer's previous teacher
+        in place; either way the reason is logged and returned. Under
+        MultiWorkerMirroredStrategy every worker must call this at the same
+        step: the workers agree on which checkpoint to load and load it only
+        if all of them could read it, so that all replicas share one teacher.
+
+        Returns:
+          One `ReloadOutcome` per peer, in the order of `peer_indices`.
+        """
+        if not self._loaders:
+            return []
+        strategy = self._strategy_for_exchange
+        own_step = self._own_step()
+        found, find_errors = [], {}
+        for loader in self._loaders:
+            try:
+                found.append(loader.latest())
+            except exchange.PeerCheckpointError as e:
+                found.append(None)
+                find_errors[loader.peer_index] = str(e)
+        agreed = distribute.agree_min(
+            [-1 if r is None else r.step for r in found], strategy
+        )
+        loaded_steps = self._teacher_steps.numpy().copy()
+        outcomes = []
+        for k, loader in enumerate(self._loaders):
+            peer, step = loader.peer_index, int(agreed[k])
+            if step < 0:
+                reason = find_errors.get(peer, "")
+                status = "failed" if reason else "no_checkpoint"
+                outcomes.append(ReloadOutcome(peer, status, reason=reason))
+                continue
+            if step == loaded_steps[k]:
+                outcomes.append(ReloadOutcome(peer, "unchanged", step, own_step - step))
+                continue
+            start = time.perf_counter()
+            reason = ""
+            try:
+                stored_step = loader.stage(
+                    exchange.CheckpointRef(
+                        exchange.checkpoint_prefix(loader.directory, step), step
+                    )
+                )
+                if stored_step != step:
+                    raise exchange.PeerCheckpointError(
+                        f"ckpt-{step} holds step {stored_step}, not {step}"
+                    )
+            except exchange.PeerCheckpointError as e:
+                reason = str(e)
+            all_ok = distribute.agree_min([0 if reason else 1], strategy)[0] == 1
+            if all_ok:
+                with strategy.scope():
+                    loader.commit()
+                loaded_steps[k] = step
+                outcomes.append(
+                    ReloadOutcome(
+                        peer,
+                        "loaded",
+                        step,
+                        own_step - step,
+                        seconds=time.perf_counter() - start,
+                    )
+                )
+            else:
+                loader.discard()
+                reason = reason or "another worker of this group could not read it"
+                outcomes.append(
+                    ReloadOutcome(peer, "failed", step, own_step - step, reason=reason)
+                )
+        with strategy.scope():
+            self._teacher_steps.assign(loaded_steps)
+        self._log_outcomes(outcomes)
+        return outcomes
+
+    def _log_outcomes(self, outcomes: Sequence[ReloadOutcome]) -> None:
+        for o in outcomes:
+            previous = self._last_status.get(o.peer)
+            self._last_status[o.peer] = o.status
+            if o.status == "loaded":
+                self.reload_counts[o.peer]["loaded"] += 1
+                logging.info(
+                    "Group %d: teacher for peer %d <- step %d (staleness %d steps, %.3f s)",
+                    self._group_index,
+                    o.peer,
+                    o.step,
+                    o.staleness,
+                    o.seconds,
+                )
+            elif o.status == "failed":
+                self.reload_counts[o.peer]["failed"] += 1
+                logging.warning(
+                    "Group %d: keeping the previous teacher for peer %d (step %s): %s",
+                    self._group_index,
+                    o.peer,
+                    o.step if o.step >= 0 else "none",
+                    o.reason,
+                )
+            elif o.status == "no_checkpoint" and previous != "no_checkpoint":
+                logging.info(
+                    "Group %d: peer %d has not published yet; left out until it does",
+                    self._group_index,
+                    o.peer,
+                )
+
+    # ------------------------------------------------------------------
+    # Keras plumbing.
+
+    def fit(self, *args, **kwargs):
+        """`tf_keras.Model.fit`, with an `ExchangeCallback` added if none is given."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        user_callbacks = list(arguments.get("callbacks") or [])
+        if not any(
+            isinstance(c, callbacks_lib.ExchangeCallback) for c in user_callbacks
+        ):
+            user_callbacks.append(callbacks_lib.ExchangeCallback())
+        arguments["callbacks"] = user_callbacks
+        return super().fit(**arguments)
+
+    def get_config(self):
+        raise NotImplementedError(
+            "CodistillModel is not serialisable as a model: save `model.student` for "
+            "serving, and use keras.callbacks.BackupAndRestore (or save_weights) to "
+            "checkpoint training state"
+        )
+
+    def save(self, *args, **kwargs):
+        raise NotImplementedError(
+            "CodistillModel holds training-only state (peer teachers, exchange); call "
+            "`model.student.save(...)` to export the served model, and use "
+            "keras.callbacks.BackupAndRestore or `model.save_weights(...)` for training state"
+        )
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -1,0 +1,71 @@
+"""Data parallelism inside a group: strategy helpers.
+
+A codistillation group is an ordinary synchronous data-parallel job; this
+module holds what the group needs to know about its `tf.distribute` strategy:
+whether this process is the chief (the only one that publishes) and how the
+workers of a group agree on a value (which peer checkpoint to load), so that
+every replica of a group uses the same teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["is_chief", "num_workers", "agree_min"]
+
+
+def _cluster_resolver(strategy: tf.distribute.Strategy):
+    return getattr(strategy, "cluster_resolver", None)
+
+
+def num_workers(strategy: Optional[tf.distribute.Strategy] = None) -> int:
+    """Number of worker processes the strategy spans (1 unless multi-worker)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return int(strategy.extended._num_workers)  # pylint: disable=protected-access
+    return 1
+
+
+def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+    """Whether this process is the group's chief.
+
+    Single-process strategies (default, mirrored, TPU) always are. Under
+    MultiWorkerMirroredStrategy the chief is the `chief` task, or worker 0 when
+    the cluster has no `chief` task (TF_CONFIG's usual convention).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if num_workers(strategy) == 1:
+        return True
+    resolver = _cluster_resolver(strategy)
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    return "chief" not in cluster and task_type == "worker" and int(task_id or 0) == 0
+
+
+def agree_min(
+    values: Sequence[int], strategy: Optional[tf.distribute.Strategy] = None
+) -> np.ndarray:
+    """Element-wise minimum of `values` over all workers of the group.
+
+    Must be called by every worker at the same point of training (it is a
+    collective under MultiWorkerMirroredStrategy); a no-op with one worker.
+
+    Args:
+      values: int values, the same length on every worker.
+      strategy: defaults to the current strategy.
+
+    Returns:
+      int64 numpy array of the agreed values.
+    """
+    local = np.asarray(list(values), dtype=np.int64)
+    strategy = strategy or tf.distribute.get_strategy()
+    if num_workers(strategy) == 1 or local.size == 0:
+        return local
+    per_replica = strategy.run(lambda: tf.constant(local[np.newaxis, :]))
+    gathered = strategy.gather(per_replica, axis=0)  # [replicas in the group, len]
+    return tf.reduce_min(gathered, axis=0).numpy()

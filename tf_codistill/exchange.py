@@ -1,0 +1,439 @@
+"""Checkpoint exchange between codistilling groups.
+
+Groups talk only through checkpoints in a shared directory (any
+`tf.io.gfile` path: local, NFS, `gs://`):
+
+    <exchange_dir>/group_<i>/checkpoint        CheckpointManager state file
+    <exchange_dir>/group_<i>/ckpt-<step>.index
+    <exchange_dir>/group_<i>/ckpt-<step>.data-00000-of-00001
+
+Each published checkpoint is a `tf.train.Checkpoint(model=student, step=step)`
+holding the student's variables only (no optimizer, no teachers), numbered by
+the group's train step. Anyone can restore one with
+
+    tf.train.Checkpoint(model=m).restore(tf.train.latest_checkpoint(d)).expect_partial()
+
+Reading a peer is defensive, because the writer is another job that may be
+saving, cleaning up, crashing or misconfigured while we read:
+
+1. the peer's `checkpoint` state file is parsed for the *name* of its latest
+   checkpoint only; the path is rebuilt from our own directory name, so
+   nothing in a peer's files can point us elsewhere;
+2. the checkpoint's index (no tensor data) is checked against the signature
+   of our own model (every variable present, same shapes and dtypes, nothing
+   extra), so a mismatched or absurdly large checkpoint is refused before any
+   tensor is read;
+3. the tensors are restored into a *staging* copy of the model that lives
+   outside any distribution strategy, and checked to be finite;
+4. only then does `commit` copy the staging values into the teacher.
+
+A failure at any stage raises `PeerCheckpointError` with the reason and leaves
+the teacher exactly as it was. Peers' checkpoints are read as tensors only:
+nothing is unpickled, deserialised as a Keras model or executed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import posixpath
+import re
+import threading
+import uuid
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointRef",
+    "ModelSignature",
+    "PeerCheckpointError",
+    "Publisher",
+    "TeacherLoader",
+    "group_dir",
+    "latest_checkpoint",
+    "outside_strategy",
+]
+
+CHECKPOINT_NAME = "ckpt"
+_STATE_FILE = "checkpoint"
+_CHECKPOINT_BASENAME = re.compile(r"^%s-(\d{1,18})$" % CHECKPOINT_NAME)
+_STATE_LINE = re.compile(
+    r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
+)
+# A CheckpointManager state file is a few hundred bytes; anything this large
+# is not one.
+_MAX_STATE_FILE_BYTES = 1 << 20
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_MODEL_PREFIX = "model/"
+# Variables a compiled student's checkpoint may carry besides its weights.
+_IGNORED_MODEL_PREFIXES = ("model/optimizer/",)
+
+
+class PeerCheckpointError(Exception):
+    """A peer checkpoint that cannot be used; the message says why."""
+
+
+def group_dir(exchange_dir: str, group_index: int) -> str:
+    """The directory group `group_index` publishes into."""
+    if isinstance(group_index, bool) or not isinstance(group_index, (int, np.integer)):
+        raise TypeError(f"group_index must be an int, got {group_index!r}")
+    if group_index < 0:
+        raise ValueError(f"group_index must be >= 0, got {group_index}")
+    exchange_dir = str(exchange_dir)
+    if not exchange_dir:
+        raise ValueError("exchange_dir must be a non-empty path or URL")
+    return posixpath.join(exchange_dir.rstrip("/"), f"group_{int(group_index)}")
+
+
+_outside_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_outside_lock = threading.Lock()
+
+
+def outside_strategy(fn: Callable, *args, **kwargs):
+    """Runs `fn` on a helper thread, outside any `tf.distribute` scope.
+
+    A strategy scope is thread-local, so variables created on another thread
+    are plain, unreplicated host variables even while the caller is inside
+    `strategy.scope()`. Staging copies live there: restoring into them costs
+    one copy rather than one per replica, and under MultiWorkerMirroredStrategy
+    creating them needs no collective with the other workers (which would hang
+    when only the chief creates one). All exchange I/O runs on this one thread,
+    one call at a time.
+    """
+    global _outside_executor
+    with _outside_lock:
+        if _outside_executor is None:
+            _outside_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tf_codistill_exchange"
+            )
+    return _outside_executor.submit(fn, *args, **kwargs).result()
+
+
+def _short_key(key: str) -> str:
+    key = key[len(_MODEL_PREFIX) :] if key.startswith(_MODEL_PREFIX) else key
+    return key[: -len(_VALUE_SUFFIX)] if key.endswith(_VALUE_SUFFIX) else key
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+    """One published checkpoint of a peer.
+
+    Attributes:
+      prefix: checkpoint prefix (`<dir>/ckpt-<step>`), built from our own
+        directory name and the validated checkpoint name.
+      step: the step in its name (the writer's train step when it saved).
+      version: the index file's modification time in ns, to notice a
+        checkpoint rewritten under the same name (a restarted writer).
+    """
+
+    prefix: str
+    step: int
+    version: int = 0
+
+
+def checkpoint_prefix(directory: str, step: int) -> str:
+    return posixpath.join(directory, f"{CHECKPOINT_NAME}-{int(step)}")
+
+
+def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
+    """The latest checkpoint a group has published in `directory`.
+
+    Returns:
+      None when the group has not published yet (no directory or no state
+      file); otherwise the `CheckpointRef` the state file names.
+
+    Raises:
+      PeerCheckpointError: the state file is unreadable, malformed or names a
+        checkpoint whose index is gone (e.g. deleted by the writer's cleanup).
+    """
+    state_path = posixpath.join(directory, _STATE_FILE)
+    try:
+        if not tf.io.gfile.exists(state_path):
+            return None
+        size = tf.io.gfile.stat(state_path).length
+        if size > _MAX_STATE_FILE_BYTES:
+            raise PeerCheckpointError(
+                f"state file {state_path} is {size} bytes, not a checkpoint state file"
+            )
+        with tf.io.gfile.GFile(state_path, "rb") as f:
+            content = f.read().decode("utf-8", errors="replace")
+    except tf.errors.OpError as e:
+        raise PeerCheckpointError(f"cannot read {state_path}: {e.message}") from e
+    match = _STATE_LINE.search(content)
+    if not match:
+        raise PeerCheckpointError(f"{state_path} names no model_checkpoint_path")
+    # Only the base name is trusted, and only in the form we write.
+    name = posixpath.basename(match.group(1).replace("\\", "/"))
+    name_match = _CHECKPOINT_BASENAME.match(name)
+    if not name_match:
+        raise PeerCheckpointError(
+            f"{state_path} names {match.group(1)!r}, expected '{CHECKPOINT_NAME}-<step>'"
+        )
+    step = int(name_match.group(1))
+    prefix = checkpoint_prefix(directory, step)
+    try:
+        version = tf.io.gfile.stat(prefix + ".index").mtime_nsec
+    except tf.errors.NotFoundError as e:
+        raise PeerCheckpointError(
+            f"{state_path} names {name} but {name}.index is missing "
+            "(deleted by the writer's cleanup, or not written completely)"
+        ) from e
+    except tf.errors.OpError as e:
+        raise PeerCheckpointError(f"cannot stat {prefix}.index: {e.message}") from e
+    return CheckpointRef(prefix=prefix, step=step, version=version)
+
+
+class ModelSignature:
+    """The variables a `Checkpoint(model=m)` of a model holds: key -> (shape, dtype).
+
+    Computed once by writing the model to TensorFlow's in-memory filesystem
+    and reading the index back, so the keys are exactly the ones TensorFlow
+    writes, with no reimplementation of its naming. The variables' own names
+    (`hidden_0/kernel`) are kept from the same write for readable messages.
+    """
+
+    def __init__(
+        self,
+        expected: Dict[str, Tuple[Tuple[int, ...], tf.DType]],
+        names: Optional[Dict[str, str]] = None,
+    ):
+        self.expected = dict(expected)
+        self.names = dict(names or {})
+        self.num_bytes = sum(
+            int(np.prod(shape, dtype=np.int64)) * dtype.size
+            for shape, dtype in expected.values()
+        )
+
+    @classmethod
+    def of_model(cls, model: tf.Module) -> "ModelSignature":
+        directory = f"ram://tf_codistill_signature/{uuid.uuid4().hex}"
+        path = tf.train.Checkpoint(model=model).write(posixpath.join(directory, "ref"))
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(path)
+            graph = trackable_object_graph_pb2.TrackableObjectGraph()
+            graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+            names = {
+                a.checkpoint_key: a.full_name
+                for node in graph.nodes
+                for a in node.attributes
+                if a.full_name
+            }
+            return cls(cls._read_expected(reader), names)
+        finally:
+            tf.io.gfile.rmtree(directory)
+
+    @staticmethod
+    def _read_expected(reader) -> Dict[str, Tuple[Tuple[int, ...], tf.DType]]:
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+        return {
+            k: (tuple(shapes[k]), dtypes[k])
+            for k in shapes
+            if k.startswith(_MODEL_PREFIX) and not k.startswith(_IGNORED_MODEL_PREFIXES)
+        }
+
+    def describe(self, key: str) -> str:
+        """`hidden_0/kernel` for a key of this model, the short key otherwise."""
+        return self.names.get(key) or _short_key(key)
+
+    def mismatches(self, reader, limit: int = 5) -> List[str]:
+        """What differs between this signature and a checkpoint's index.
+
+        Args:
+          reader: a `CheckpointReader` of the peer checkpoint (index only is read).
+          limit: at most this many differences are listed, then a count.
+
+        Returns:
+          Human-readable differences; empty when the checkpoint matches.
+        """
+        other = self._read_expected(reader)
+        problems = []
+        for key, (shape, dtype) in sorted(self.expected.items()):
+            if key not in other:
+                problems.append(f"{self.describe(key)} is missing")
+                continue
+            other_shape, other_dtype = other[key]
+            if other_shape != shape:
+                problems.append(
+                    f"{self.describe(key)} has shape {list(other_shape)}, expected {list(shape)}"
+                )
+            elif other_dtype != dtype:
+                problems.append(
+                    f"{self.describe(key)} has dtype {other_dtype.name}, expected {dtype.name}"
+                )
+        for key in sorted(set(other) - set(self.expected)):
+            problems.append(f"{_short_key(key)} is not in this model")
+        if len(problems) > limit:
+            problems = problems[:limit] + [f"and {len(problems) - limit} more"]
+        return problems
+
+
+class Publisher:
+    """Publishes a group's student as numbered, student-only checkpoints.
+
+    Args:
+      model: the student.
+      directory: `group_dir(exchange_dir, group_index)`.
+      max_to_keep: checkpoints kept; older ones are deleted. Keep >= 3 so that
+        a peer reading "latest" is not racing the cleanup of the file it reads.
+    """
+
+    def __init__(self, model: tf.Module, directory: str, max_to_keep: int = 5):
+        if int(max_to_keep) < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+        self.directory = directory
+
+        def make():
+            step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="published_step"
+            )
+            checkpoint = tf.train.Checkpoint(model=model, step=step)
+            manager = tf.train.CheckpointManager(
+                checkpoint,
+                directory,
+                max_to_keep=int(max_to_keep),
+                checkpoint_name=CHECKPOINT_NAME,
+            )
+            return step, manager
+
+        self._step, self._manager = outside_strategy(make)
+        self._last_published: Optional[int] = None
+
+    @property
+    def last_published_step(self) -> Optional[int]:
+        return self._last_published
+
+    def publish(self, step: int) -> str:
+        """Saves the model as `ckpt-<step>`; a repeated step is not saved twice.
+
+        Raises:
+          tf.errors.OpError: the directory cannot be written.
+        """
+        step = int(step)
+        if step == self._last_published:
+            return checkpoint_prefix(self.directory, step)
+
+        def save():
+            self._step.assign(step)
+            return self._manager.save(checkpoint_number=step)
+
+        path = outside_strategy(save)
+        self._last_published = step
+        return path
+
+
+class TeacherLoader:
+    """Loads one peer's checkpoints into its teacher, through a staging copy.
+
+    Args:
+      peer_index: the peer group.
+      directory: the peer's `group_dir`.
+      teacher: the frozen teacher model (may hold distributed variables).
+      staging: a model of the same architecture with plain host variables,
+        built outside any strategy (see `outside_strategy`).
+      signature: `ModelSignature.of_model(staging)`.
+    """
+
+    def __init__(
+        self,
+        peer_index: int,
+        directory: str,
+        teacher: tf.Module,
+        staging: tf.Module,
+        signature: ModelSignature,
+    ):
+        self.peer_index = peer_index
+        self.directory = directory
+        self._teacher = teacher
+        self._staging = staging
+        self._signature = signature
+        self._staged: Optional[CheckpointRef] = None
+        self.loaded: Optional[CheckpointRef] = None
+        teacher_shapes = [tuple(v.shape) for v in teacher.weights]
+        staging_shapes = [tuple(v.shape) for v in staging.weights]
+        if teacher_shapes != staging_shapes:
+            raise ValueError(
+                f"teacher and staging models for peer {peer_index} differ: "
+                f"{teacher_shapes} vs {staging_shapes}"
+            )
+
+    def latest(self) -> Optional[CheckpointRef]:
+        """The peer's latest published checkpoint, None if it has none yet."""
+        return outside_strategy(latest_checkpoint, self.directory)
+
+    def stage(self, ref: CheckpointRef) -> int:
+        """Validates `ref` and restores it into the staging copy.
+
+        Returns:
+          The step stored in the checkpoint.
+
+        Raises:
+          PeerCheckpointError: why the checkpoint cannot be used. The teacher
+            is never touched by this method.
+        """
+        self._staged = None
+        step = outside_strategy(self._stage, ref)
+        self._staged = ref
+        return step
+
+    def _stage(self, ref: CheckpointRef) -> int:
+        name = posixpath.basename(ref.prefix)
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
+        except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
+            raise PeerCheckpointError(
+                f"cannot read the index of {name}: {_reason(e)}"
+            ) from e
+        problems = self._signature.mismatches(reader)
+        if problems:
+            raise PeerCheckpointError(
+                f"{name} does not match this model's variables: " + "; ".join(problems)
+            )
+        step_var = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        try:
+            # The signature check above guarantees every staging variable has
+            # a value of the right shape in the checkpoint; other objects
+            # (save_counter, a compiled student's optimizer) may be absent.
+            tf.train.Checkpoint(model=self._staging, step=step_var).restore(
+                ref.prefix
+            ).expect_partial()
+        except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
+            raise PeerCheckpointError(f"cannot restore {name}: {_reason(e)}") from e
+        for variable in self._staging.weights:
+            if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
+                raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
+        step = int(step_var.numpy())
+        if step < 0:
+            raise PeerCheckpointError(
+                f"{name} holds no 'step' (not written by tf_codistill?)"
+            )
+        return step
+
+    def commit(self) -> CheckpointRef:
+        """Copies the staged weights into the teacher; call after `stage`.
+
+        Runs on the calling thread so that, inside a strategy scope, the
+        assignment reaches every replica of the teacher's variables.
+        """
+        if self._staged is None:
+            raise RuntimeError("commit() without a successful stage()")
+        for target, source in zip(self._teacher.weights, self._staging.weights):
+            target.assign(source.read_value())
+        self.loaded, self._staged = self._staged, None
+        return self.loaded
+
+    def discard(self) -> None:
+        """Forgets a staged checkpoint without touching the teacher."""
+        self._staged = None
+
+
+def _reason(e: BaseException) -> str:
+    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+    message = " ".join(message.split())
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return f"{type(e).__name__}: {message}"

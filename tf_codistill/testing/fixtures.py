@@ -1,0 +1,77 @@
+"""Tiny models and data for tests: seconds on one CPU core."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+def use_virtual_cpus(count: int = 2) -> bool:
+    """Splits the CPU into `count` logical devices, for MirroredStrategy tests.
+
+    Must run before TensorFlow initialises its devices (before the first op).
+
+    Returns:
+      True if the split is (now) in place, False if it was too late.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError:  # Devices already initialised.
+        pass
+    return len(tf.config.list_logical_devices("CPU")) >= count
+
+
+def mlp(
+    input_dim: int = 8,
+    num_outputs: int = 4,
+    hidden: Sequence[int] = (16,),
+    seed: int = 0,
+    name: str = "mlp",
+) -> keras.Model:
+    """A functional ReLU MLP returning logits, deterministic from `seed`."""
+    initializer = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input((input_dim,), name="features")
+    h = inputs
+    for i, units in enumerate(hidden):
+        h = keras.layers.Dense(
+            units, activation="relu", kernel_initializer=initializer, name=f"hidden_{i}"
+        )(h)
+    logits = keras.layers.Dense(
+        num_outputs, kernel_initializer=initializer, name="logits"
+    )(h)
+    return keras.Model(inputs, logits, name=name)
+
+
+class SubclassedMLP(keras.Model):
+    """A subclassed model (cannot be cloned; needs a teacher_builder)."""
+
+    def __init__(self, num_outputs: int = 4, hidden: int = 16, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        initializer = keras.initializers.GlorotUniform(seed=seed)
+        self.hidden = keras.layers.Dense(
+            hidden, activation="relu", kernel_initializer=initializer
+        )
+        self.out = keras.layers.Dense(num_outputs, kernel_initializer=initializer)
+
+    def call(self, inputs, training=None):
+        return self.out(self.hidden(inputs))
+
+
+def toy_classification(
+    num_examples: int = 256,
+    input_dim: int = 8,
+    num_classes: int = 4,
+    seed: int = 0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Gaussian inputs labelled by a fixed random linear map (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_examples, input_dim)).astype(np.float32)
+    w = np.random.default_rng(12345).normal(size=(input_dim, num_classes))
+    y = np.argmax(x @ w, axis=1).astype(np.int64)
+    return x, y
