@@ -18,9 +18,7 @@ SCCE = keras.losses.SparseCategoricalCrossentropy
 
 def publish_peer(model, exchange_dir, group, step):
     """Publishes `model` as group `group`'s checkpoint at `step`, as a peer would."""
-    return exchange.Publisher(model, exchange.group_dir(exchange_dir, group)).publish(
-        step
-    )
+    return exchange.Publisher(model, exchange.group_dir(exchange_dir, group)).publish(step)
 
 
 def make_codistill(exchange_dir, group=0, num_groups=2, seed=0, **kwargs):
@@ -52,12 +50,10 @@ def manual_step(student, teacher, x, y, weight, lr, distill_loss=None):
         total = task + weight * psi
     grads = tape.gradient(total, student.trainable_variables)
     new_weights = [
-        v.numpy() - lr * g.numpy() for v, g in zip(student.trainable_variables, grads)
+        v.numpy() - lr * g.numpy() for v, g in zip(student.trainable_variables, grads, strict=True)
     ]
     teacher_top1 = tf.argmax(teacher(x), axis=-1)
-    agreement = tf.reduce_mean(
-        tf.cast(tf.equal(tf.argmax(logits, -1), teacher_top1), tf.float32)
-    )
+    agreement = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), teacher_top1), tf.float32))
     return dict(
         task=float(task),
         psi=float(psi),
@@ -80,10 +76,8 @@ class TrainStepTest(tf.test.TestCase):
         model.reload_teachers()
         x, y = self.x[:16], self.y[:16]
         expected = manual_step(model.student, peer, x, y, weight=0.5, lr=0.1)
-        history = model.fit(
-            x, y, batch_size=16, epochs=1, shuffle=False, verbose=0
-        ).history
-        for got, want in zip(model.student.trainable_variables, expected["weights"]):
+        history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+        for got, want in zip(model.student.trainable_variables, expected["weights"], strict=True):
             self.assertAllClose(got, want, atol=1e-6)
         self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
         self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
@@ -107,11 +101,11 @@ class TrainStepTest(tf.test.TestCase):
         student_before = [w.copy() for w in model.student.get_weights()]
         history = model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0).history
         self.assertGreater(history["distill_loss"][0], 0.0)
-        for before, after in zip(teacher_before, teacher.get_weights()):
+        for before, after in zip(teacher_before, teacher.get_weights(), strict=True):
             self.assertAllEqual(before, after)
         changed = [
             not np.array_equal(b, a)
-            for b, a in zip(student_before, model.student.get_weights())
+            for b, a in zip(student_before, model.student.get_weights(), strict=True)
         ]
         self.assertTrue(all(changed))
 
@@ -126,13 +120,11 @@ class TrainStepTest(tf.test.TestCase):
             path = publish_peer(peer, self.dir, group=1, step=step)
             # Reloads happen inside fit (every 2 steps) and by hand.
             model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0)
-            self.assertEqual(
-                model.train_function.experimental_get_tracing_count(), traces
-            )
+            self.assertEqual(model.train_function.experimental_get_tracing_count(), traces)
             self.assertEqual(list(model.teacher_steps), [step])
             reader = tf.train.load_checkpoint(path)
             for variable, key in zip(
-                model.teachers[0].weights, _weight_keys(peer, path)
+                model.teachers[0].weights, _weight_keys(peer, path), strict=True
             ):
                 self.assertAllEqual(variable.numpy(), reader.get_tensor(key))
 
@@ -160,9 +152,7 @@ class TrainStepTest(tf.test.TestCase):
         self.assertAllClose(history["loss"], history["task_loss"])
         self.assertEqual(list(model.teacher_steps), [-1])
         # The group still published its own checkpoint at the end of training.
-        self.assertIsNotNone(
-            tf.train.latest_checkpoint(os.path.join(self.dir, "group_0"))
-        )
+        self.assertIsNotNone(tf.train.latest_checkpoint(os.path.join(self.dir, "group_0")))
 
     def test_max_staleness_leaves_old_teachers_out(self):
         publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
@@ -183,18 +173,14 @@ class TrainStepTest(tf.test.TestCase):
         )
         x = self.x[:8]
         got = model.evaluate(x, self.y[:8], batch_size=8, verbose=0, return_dict=True)
-        want = losses.SoftmaxCrossEntropy()(
-            [t(x) for t in model.teachers], model.student(x)
-        )
+        want = losses.SoftmaxCrossEntropy()([t(x) for t in model.teachers], model.student(x))
         self.assertAllClose(got["distill_loss"], float(tf.reduce_mean(want)), rtol=1e-5)
 
     def test_evaluate_reports_student_metrics_and_agreement(self):
         publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
         model = make_codistill(self.dir, burn_in_steps=1000)
         model.reload_teachers()
-        result = model.evaluate(
-            self.x, self.y, batch_size=32, verbose=0, return_dict=True
-        )
+        result = model.evaluate(self.x, self.y, batch_size=32, verbose=0, return_dict=True)
         self.assertEqual(
             set(result), {"loss", "task_loss", "distill_loss", "agreement", "accuracy"}
         )
@@ -218,9 +204,7 @@ class TrainStepTest(tf.test.TestCase):
         model.compile(keras.optimizers.Adam(1e-2), loss=SCCE(from_logits=True))
         tokens = np.random.default_rng(0).integers(0, vocab, size=(32, length))
         mask = (np.arange(length)[None, :] < 3).astype("float32").repeat(32, axis=0)
-        history = model.fit(
-            tokens, tokens, sample_weight=mask, batch_size=8, verbose=0
-        ).history
+        history = model.fit(tokens, tokens, sample_weight=mask, batch_size=8, verbose=0).history
         self.assertGreater(history["distill_loss"][0], 0.0)
         self.assertTrue(np.isfinite(history["loss"][0]))
 
@@ -244,9 +228,7 @@ class TeacherBuilderTest(tf.test.TestCase):
         student(np.zeros((1, 8), np.float32))
         d = self.create_tempdir().full_path
         with self.assertRaisesRegex(ValueError, "teacher_builder"):
-            tf_codistill.CodistillModel(
-                student, group_index=0, num_groups=2, exchange_dir=d
-            )
+            tf_codistill.CodistillModel(student, group_index=0, num_groups=2, exchange_dir=d)
         model = tf_codistill.CodistillModel(
             student,
             group_index=0,
@@ -307,9 +289,7 @@ class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
         ),
     )
     def test_bad_argument_is_named(self, overrides, message):
-        kwargs = dict(
-            group_index=0, num_groups=2, exchange_dir=self.create_tempdir().full_path
-        )
+        kwargs = dict(group_index=0, num_groups=2, exchange_dir=self.create_tempdir().full_path)
         kwargs.update(overrides)
         with self.assertRaisesRegex(ValueError, message):
             tf_codistill.CodistillModel(testing.mlp(), **kwargs)
@@ -325,9 +305,7 @@ class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
 
     def test_keras3_model_is_refused(self):
         with self.assertRaisesRegex(TypeError, "tf_keras.Model"):
-            tf_codistill.CodistillModel(
-                object(), group_index=0, num_groups=2, exchange_dir="x"
-            )
+            tf_codistill.CodistillModel(object(), group_index=0, num_groups=2, exchange_dir="x")
 
     def test_paper_defaults(self):
         model = tf_codistill.CodistillModel(
@@ -336,9 +314,7 @@ class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
             num_groups=2,
             exchange_dir=self.create_tempdir().full_path,
         )
-        self.assertEqual(
-            model.distill_loss, losses.SoftmaxCrossEntropy(temperature=1.0)
-        )
+        self.assertEqual(model.distill_loss, losses.SoftmaxCrossEntropy(temperature=1.0))
         self.assertEqual(model.distill_weight_schedule, schedules.BurnIn(1.0, 3000))
         self.assertEqual(model.exchange_every_n_steps, 50)
         self.assertEqual(model.peer_indices, (1,))
@@ -358,15 +334,13 @@ class MirroredMetricsTest(tf.test.TestCase):
         expected = manual_step(reference, teacher, x, y, weight=1.0, lr=0.1)
         with strategy.scope():
             model = make_codistill(d)
-        history = model.fit(
-            x, y, batch_size=32, epochs=1, shuffle=False, verbose=0
-        ).history
+        history = model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0).history
         self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
         self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
         self.assertAllClose(history["distill_loss"], [expected["psi"]], atol=1e-5)
         self.assertAllClose(history["distill_weight"], [1.0])
         self.assertAllClose(history["agreement"], [expected["agreement"]])
-        for got, want in zip(model.student.trainable_variables, expected["weights"]):
+        for got, want in zip(model.student.trainable_variables, expected["weights"], strict=True):
             self.assertAllClose(got, want, atol=1e-6)
 
 

@@ -121,16 +121,14 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         (outcome,) = self.model.reload_teachers()
         self.assertEqual(outcome.status, "failed", outcome)
         self.assertRegex(outcome.reason, reason_pattern)
-        for good, now in zip(self.good, self.model.teachers[0].get_weights()):
+        for good, now in zip(self.good, self.model.teachers[0].get_weights(), strict=True):
             self.assertAllEqual(good, now)
         self.assertEqual(list(self.model.teacher_steps), [5])
         self.assertEqual(self.model.reload_counts[1]["failed"], 1)
         x, y = testing.toy_classification(32)
         history = self.model.fit(x, y, batch_size=16, verbose=0).history
         self.assertTrue(np.isfinite(history["loss"][0]))
-        self.assertGreater(
-            history["distill_loss"][0], 0.0
-        )  # still distilling from step 5
+        self.assertGreater(history["distill_loss"][0], 0.0)  # still distilling from step 5
 
     @parameterized.named_parameters(
         ("data_truncated_to_zero", _truncate(0.0), "cannot restore ckpt-10"),
@@ -184,11 +182,9 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         ref = loader.latest()
         self.assertEqual(ref.step, 10)
         _delete_all(self.prefix)
-        with self.assertRaisesRegex(
-            exchange.PeerCheckpointError, "cannot read the index"
-        ):
+        with self.assertRaisesRegex(exchange.PeerCheckpointError, "cannot read the index"):
             loader.stage(ref)
-        for good, now in zip(self.good, self.model.teachers[0].get_weights()):
+        for good, now in zip(self.good, self.model.teachers[0].get_weights(), strict=True):
             self.assertAllEqual(good, now)
 
     def test_good_checkpoint_after_failure_is_loaded(self):
@@ -197,9 +193,7 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         self.publisher.publish(15)
         (outcome,) = self.model.reload_teachers()
         self.assertEqual((outcome.status, outcome.step), ("loaded", 15))
-        self.assertAllEqual(
-            self.model.teachers[0].get_weights()[0], self.peer.get_weights()[0]
-        )
+        self.assertAllEqual(self.model.teachers[0].get_weights()[0], self.peer.get_weights()[0])
 
 
 class NoPeerYetTest(tf.test.TestCase):
@@ -232,13 +226,11 @@ class PublisherTest(tf.test.TestCase):
         tf.train.Checkpoint(model=fresh).restore(
             tf.train.latest_checkpoint(group_dir)
         ).expect_partial()
-        for a, b in zip(fresh.get_weights(), student.get_weights()):
+        for a, b in zip(fresh.get_weights(), student.get_weights(), strict=True):
             self.assertAllEqual(a, b)
         reader = tf.train.load_checkpoint(group_dir)
         self.assertEqual(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), 3)
-        self.assertFalse(
-            [k for k in reader.get_variable_to_shape_map() if "optimizer" in k]
-        )
+        self.assertFalse([k for k in reader.get_variable_to_shape_map() if "optimizer" in k])
 
     def test_unwritable_exchange_dir_is_a_clear_error(self):
         blocker = os.path.join(self.create_tempdir().full_path, "not_a_dir")

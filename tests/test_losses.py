@@ -47,22 +47,16 @@ class SoftmaxLossTest(tf.test.TestCase):
         # Peer 2 has weight 0 (and NaN logits); q = [0.1, 0.9] from peer 1 alone.
         # CE = -(0.1 ln 0.25 + 0.9 ln 0.75) = 0.138629 + 0.258914 = 0.397543.
         teachers = [_t([[0.0, LN9]]), _t([[float("nan"), float("nan")]])]
-        out = losses.SoftmaxCrossEntropy()(
-            teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0])
-        )
+        out = losses.SoftmaxCrossEntropy()(teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0]))
         self.assertAllClose(out, [0.397543], atol=1e-6)
-        out = losses.KLDivergence()(
-            teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0])
-        )
+        out = losses.KLDivergence()(teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0]))
         self.assertTrue(np.all(np.isfinite(out.numpy())))
 
     def test_temperature_and_t_squared(self):
         # T = 2: teacher [0, 2 ln 3] / 2 = [0, ln 3] -> [0.25, 0.75]; student uniform.
         # KL = 0.130812 (as above) * T^2 = 0.523248; CE = ln 2 * 4 = 2.772589.
         teacher, student = [_t([[0.0, 2 * LN3]])], _t([[0.0, 0.0]])
-        self.assertAllClose(
-            losses.KLDivergence(temperature=2.0)(teacher, student), [0.523248]
-        )
+        self.assertAllClose(losses.KLDivergence(temperature=2.0)(teacher, student), [0.523248])
         self.assertAllClose(
             losses.SoftmaxCrossEntropy(temperature=2.0)(teacher, student), [4 * LN2]
         )
@@ -72,9 +66,7 @@ class SoftmaxLossTest(tf.test.TestCase):
         # Per example: (0.693147 + 0.836988 + 0) / 3 = 0.510045.
         teacher = _t([[[0.0, LN3], [0.0, 0.0], [100.0, -100.0]]])
         student = _t([[[0.0, 0.0], [0.0, LN3], [-100.0, 100.0]]])
-        out = losses.SoftmaxCrossEntropy()(
-            [teacher], student, sample_weight=_t([[1.0, 1.0, 0.0]])
-        )
+        out = losses.SoftmaxCrossEntropy()([teacher], student, sample_weight=_t([[1.0, 1.0, 0.0]]))
         self.assertAllClose(out, [0.510045], atol=1e-6)
 
     def test_per_example_sample_weight(self):
@@ -82,9 +74,7 @@ class SoftmaxLossTest(tf.test.TestCase):
         teacher = _t([[0.0, LN3], [0.0, LN3]])
         student = _t([[0.0, 0.0], [0.0, 0.0]])
         loss = losses.SoftmaxCrossEntropy()
-        self.assertAllClose(
-            loss([teacher], student, sample_weight=_t([2.0, 0.0])), [2 * LN2, 0.0]
-        )
+        self.assertAllClose(loss([teacher], student, sample_weight=_t([2.0, 0.0])), [2 * LN2, 0.0])
         self.assertAllClose(
             loss([teacher], student, sample_weight=_t([[2.0], [0.0]])), [2 * LN2, 0.0]
         )
@@ -96,18 +86,14 @@ class SoftmaxLossTest(tf.test.TestCase):
         self.assertAllClose(losses.KLDivergence()(teacher, student), [2e4])
 
     def test_float16_logits_computed_in_float32(self):
-        out = losses.KLDivergence()(
-            [_t([[0.0, LN3]], tf.float16)], _t([[0.0, 0.0]], tf.bfloat16)
-        )
+        out = losses.KLDivergence()([_t([[0.0, LN3]], tf.float16)], _t([[0.0, 0.0]], tf.bfloat16))
         self.assertEqual(out.dtype, tf.float32)
         self.assertAllClose(out, [0.130812], atol=2e-3)
 
     def test_agreement_is_argmax(self):
         loss = losses.SoftmaxCrossEntropy()
         targets = loss.aggregate([_t([[0.0, 1.0], [2.0, 0.0]])], _t([1.0]))
-        self.assertAllEqual(
-            loss.agreement(targets, _t([[0.0, 3.0], [0.0, 3.0]])), [1.0, 0.0]
-        )
+        self.assertAllEqual(loss.agreement(targets, _t([[0.0, 3.0], [0.0, 3.0]])), [1.0, 0.0])
 
     def test_single_class_head_rejected(self):
         with self.assertRaisesRegex(ValueError, "sigmoid_cross_entropy"):
@@ -161,9 +147,7 @@ class RegistryTest(parameterized.TestCase):
         self.assertIs(losses.get(loss), loss)
 
     def test_unknown_name(self):
-        with self.assertRaisesRegex(
-            ValueError, "Unknown distillation loss 'softmax_xent'"
-        ):
+        with self.assertRaisesRegex(ValueError, "Unknown distillation loss 'softmax_xent'"):
             losses.get("softmax_xent")
         with self.assertRaisesRegex(TypeError, "distill_loss must be"):
             losses.get(3)

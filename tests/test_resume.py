@@ -74,22 +74,20 @@ class ResumeTest(tf.test.TestCase):
         return d
 
     def test_restart_at_epoch_boundary_equals_uninterrupted_run(self):
-        reference, _ = self._run(
-            self._exchange_dir(), self.create_tempdir().full_path, "epoch"
-        )
+        reference, _ = self._run(self._exchange_dir(), self.create_tempdir().full_path, "epoch")
         exchange_dir, backup = self._exchange_dir(), self.create_tempdir().full_path
         with self.assertRaises(Interrupted):
             self._run(exchange_dir, backup, "epoch", [InterruptAt(2 * STEPS_PER_EPOCH)])
         resumed, start = self._run(exchange_dir, backup, "epoch")
         self.assertEqual(start, 2 * STEPS_PER_EPOCH)
-        self.assertEqual(
-            int(resumed.optimizer.iterations.numpy()), EPOCHS * STEPS_PER_EPOCH
-        )
+        self.assertEqual(int(resumed.optimizer.iterations.numpy()), EPOCHS * STEPS_PER_EPOCH)
         # Student and optimizer state (Adam moments, step) are those of the
         # uninterrupted run: nothing was lost or replayed.
-        for a, b in zip(reference.student.get_weights(), resumed.student.get_weights()):
+        for a, b in zip(
+            reference.student.get_weights(), resumed.student.get_weights(), strict=True
+        ):
             self.assertAllClose(a, b, rtol=1e-6, atol=1e-7)
-        for a, b in zip(reference.optimizer.variables, resumed.optimizer.variables):
+        for a, b in zip(reference.optimizer.variables, resumed.optimizer.variables, strict=True):
             self.assertAllClose(a, b, rtol=1e-6, atol=1e-7)
         self.assertEqual(list(resumed.teacher_steps), [0])
 
@@ -100,9 +98,7 @@ class ResumeTest(tf.test.TestCase):
             self._run(exchange_dir, backup, 2, [InterruptAt(7)])
         resumed, start = self._run(exchange_dir, backup, 2)
         self.assertEqual(start, 6)
-        self.assertEqual(
-            int(resumed.optimizer.iterations.numpy()), EPOCHS * STEPS_PER_EPOCH
-        )
+        self.assertEqual(int(resumed.optimizer.iterations.numpy()), EPOCHS * STEPS_PER_EPOCH)
         self.assertTrue(np.all(np.isfinite(resumed.student.get_weights()[0])))
 
 

@@ -34,9 +34,7 @@ class TwoGroupsTest(tf.test.TestCase):
             models.append(model)
             # Disjoint halves of the data, one per group.
             datasets.append(
-                tf.data.Dataset.from_tensor_slices((x[g::2], y[g::2]))
-                .batch(16)
-                .repeat()
+                tf.data.Dataset.from_tensor_slices((x[g::2], y[g::2])).batch(16).repeat()
             )
         histories = [[], []]
         for r in range(ROUNDS):
@@ -59,15 +57,9 @@ class TwoGroupsTest(tf.test.TestCase):
                 else:
                     self.assertEqual(logs["distill_weight"], 0.0)
             # Group 0 last reloaded before group 1 finished its final round.
-            self.assertEqual(
-                list(models[g].teacher_steps), [(ROUNDS - 1 + g) * INTERVAL]
-            )
-            self.assertGreaterEqual(
-                models[g].reload_counts[1 - g]["loaded"], ROUNDS - 1
-            )
-            published = tf.train.latest_checkpoint(
-                os.path.join(exchange_dir, f"group_{g}")
-            )
+            self.assertEqual(list(models[g].teacher_steps), [(ROUNDS - 1 + g) * INTERVAL])
+            self.assertGreaterEqual(models[g].reload_counts[1 - g]["loaded"], ROUNDS - 1)
+            published = tf.train.latest_checkpoint(os.path.join(exchange_dir, f"group_{g}"))
             self.assertTrue(published.endswith(f"ckpt-{ROUNDS * INTERVAL}"))
 
 

@@ -36,9 +36,7 @@ class ExchangeCallback(keras.callbacks.Callback):
             or int(every_n_steps) != every_n_steps
             or every_n_steps < 1
         ):
-            raise ValueError(
-                f"every_n_steps must be an integer >= 1, got {every_n_steps!r}"
-            )
+            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
         self._every_n_steps = every_n_steps
         self._step = 0
         self._last_exchange = 0

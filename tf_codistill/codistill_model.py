@@ -19,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from typing import Callable, List, Optional, Sequence, Union
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Optional
+from typing import Union
 
 import numpy as np
 import tensorflow as tf
@@ -72,9 +75,7 @@ class ReloadOutcome:
 
 
 def _is_graph_network(model: keras.Model) -> bool:
-    return isinstance(model, keras.Sequential) or bool(
-        getattr(model, "_is_graph_network", False)
-    )
+    return isinstance(model, keras.Sequential) or bool(getattr(model, "_is_graph_network", False))
 
 
 def _zeros_like_spec(spec: tf.TensorSpec) -> tf.Tensor:
@@ -168,14 +169,10 @@ class CodistillModel(keras.Model):
         num_groups = _check_int("num_groups", num_groups, minimum=1)
         group_index = _check_int("group_index", group_index, minimum=0)
         if group_index >= num_groups:
-            raise ValueError(
-                f"group_index must be < num_groups={num_groups}, got {group_index}"
-            )
+            raise ValueError(f"group_index must be < num_groups={num_groups}, got {group_index}")
         if peer_indices is None:
             peer_indices = [j for j in range(num_groups) if j != group_index]
-        peer_indices = [
-            _check_int("peer_indices entry", j, minimum=0) for j in peer_indices
-        ]
+        peer_indices = [_check_int("peer_indices entry", j, minimum=0) for j in peer_indices]
         for j in peer_indices:
             if j >= num_groups or j == group_index:
                 raise ValueError(
@@ -199,9 +196,7 @@ class CodistillModel(keras.Model):
             "exchange_every_n_steps", exchange_every_n_steps, minimum=1
         )
         if max_staleness_steps is not None:
-            max_staleness_steps = _check_int(
-                "max_staleness_steps", max_staleness_steps, minimum=0
-            )
+            max_staleness_steps = _check_int("max_staleness_steps", max_staleness_steps, minimum=0)
         self._max_staleness_steps = max_staleness_steps
         self._group_index = group_index
         self._num_groups = num_groups
@@ -249,9 +244,7 @@ class CodistillModel(keras.Model):
         )
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
-    def _set_exchange(
-        self, builder: Callable[[], keras.Model], max_to_keep: int
-    ) -> None:
+    def _set_exchange(self, builder: Callable[[], keras.Model], max_to_keep: int) -> None:
         strategy = tf.distribute.get_strategy()
         self._strategy_for_exchange = strategy
         self._publisher = None
@@ -261,7 +254,7 @@ class CodistillModel(keras.Model):
                 exchange.group_dir(self._exchange_dir, self._group_index),
                 max_to_keep=max_to_keep,
             )
-        self._loaders: List[exchange.TeacherLoader] = []
+        self._loaders: list[exchange.TeacherLoader] = []
         self._last_status = {j: None for j in self._peer_indices}
         self.reload_counts = {j: {"loaded": 0, "failed": 0} for j in self._peer_indices}
         if not self._peer_indices:
@@ -282,7 +275,7 @@ class CodistillModel(keras.Model):
                 staging,
                 signature,
             )
-            for j, teacher in zip(self._peer_indices, self._teachers)
+            for j, teacher in zip(self._peer_indices, self._teachers, strict=True)
         ]
 
     # ------------------------------------------------------------------
@@ -292,9 +285,7 @@ class CodistillModel(keras.Model):
     def _resolve_builder(student, teacher_builder):
         if teacher_builder is not None:
             if not callable(teacher_builder):
-                raise TypeError(
-                    f"teacher_builder must be callable, got {teacher_builder!r}"
-                )
+                raise TypeError(f"teacher_builder must be callable, got {teacher_builder!r}")
             return teacher_builder
         if _is_graph_network(student):
 
@@ -317,9 +308,7 @@ class CodistillModel(keras.Model):
     def _make_teacher(self, builder, peer: int) -> keras.Model:
         teacher = builder()
         if not isinstance(teacher, keras.Model):
-            raise TypeError(
-                f"teacher_builder must return a tf_keras.Model, got {type(teacher)}"
-            )
+            raise TypeError(f"teacher_builder must return a tf_keras.Model, got {type(teacher)}")
         if teacher is self.student:
             raise ValueError("teacher_builder must return a new model, not the student")
         _build_like(teacher, self.student)
@@ -407,9 +396,7 @@ class CodistillModel(keras.Model):
         teacher_steps = tf.convert_to_tensor(self._teacher_steps)
         available = teacher_steps >= 0
         if self._max_staleness_steps is not None:
-            available = tf.logical_and(
-                available, step - teacher_steps <= self._max_staleness_steps
-            )
+            available = tf.logical_and(available, step - teacher_steps <= self._max_staleness_steps)
         return tf.cast(available, tf.float32)
 
     def _position_weights(self, y_pred, sample_weight):
@@ -418,11 +405,7 @@ class CodistillModel(keras.Model):
         weights = None if sample_weight is None else tf.cast(sample_weight, tf.float32)
         if mask is not None:
             mask = tf.cast(mask, tf.float32)
-            weights = (
-                mask
-                if weights is None
-                else losses.broadcast_weights(weights, mask) * mask
-            )
+            weights = mask if weights is None else losses.broadcast_weights(weights, mask) * mask
         return weights
 
     def _distill_terms(self, x, y_pred, peer_weights, weights, active):
@@ -433,9 +416,7 @@ class CodistillModel(keras.Model):
         pass; a teacher that is not available is not run either.
         """
         batch_shape = tf.shape(y_pred)[:1]
-        point_shape = (
-            tf.shape(y_pred)[:-1] if y_pred.shape.rank > 1 else tf.shape(y_pred)
-        )
+        point_shape = tf.shape(y_pred)[:-1] if y_pred.shape.rank > 1 else tf.shape(y_pred)
 
         def compute():
             teacher_logits = []
@@ -480,9 +461,7 @@ class CodistillModel(keras.Model):
         active = weight > 0 if training else any_peer
         weights = self._position_weights(y_pred, sample_weight)
         if self._teachers:
-            per_example, agreement = self._distill_terms(
-                x, y_pred, peer_weights, weights, active
-            )
+            per_example, agreement = self._distill_terms(x, y_pred, peer_weights, weights, active)
         else:
             per_example = tf.zeros(tf.shape(y_pred)[:1], tf.float32)
             agreement = None
@@ -504,14 +483,10 @@ class CodistillModel(keras.Model):
     def _update_trackers(self, y_pred, terms, step, training):
         # Keras' loss tracker convention: per-replica (unscaled) mean, weighted
         # by the local batch size, so that result() is the global mean.
-        replicas = tf.cast(
-            tf.distribute.get_strategy().num_replicas_in_sync, tf.float32
-        )
+        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
         self._loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
-        self._task_loss_tracker.update_state(
-            terms["task_loss"] * replicas, sample_weight=batch
-        )
+        self._task_loss_tracker.update_state(terms["task_loss"] * replicas, sample_weight=batch)
         active = tf.cast(terms["active"], tf.float32)
         self._distill_loss_tracker.update_state(
             terms["per_example"],
@@ -522,16 +497,12 @@ class CodistillModel(keras.Model):
             position_weights = tf.ones_like(agreement)
             if terms["weights"] is not None:
                 position_weights = losses.broadcast_weights(terms["weights"], agreement)
-            self._agreement_tracker.update_state(
-                agreement, sample_weight=position_weights * active
-            )
+            self._agreement_tracker.update_state(agreement, sample_weight=position_weights * active)
         if training:
             self._weight_tracker.update_state(terms["weight"])
             peer_weights = terms["peer_weights"]
             if self._teachers:
-                staleness = tf.cast(
-                    step - tf.convert_to_tensor(self._teacher_steps), tf.float32
-                )
+                staleness = tf.cast(step - tf.convert_to_tensor(self._teacher_steps), tf.float32)
                 mean_staleness = tf.math.divide_no_nan(
                     tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
                 )
@@ -546,9 +517,7 @@ class CodistillModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             terms = self._step_terms(x, y, y_pred, sample_weight, step, training=True)
-        self.optimizer.minimize(
-            terms["total"], self.student.trainable_variables, tape=tape
-        )
+        self.optimizer.minimize(terms["total"], self.student.trainable_variables, tape=tape)
         self._update_trackers(y_pred, terms, step, training=True)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
@@ -574,9 +543,7 @@ class CodistillModel(keras.Model):
     # Exchange (between steps, never inside them).
 
     def _own_step(self) -> int:
-        return (
-            int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0
-        )
+        return int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0
 
     def publish(self) -> Optional[str]:
         """Publishes the student as `ckpt-<step>`; a no-op on non-chief workers.
@@ -607,7 +574,7 @@ class CodistillModel(keras.Model):
         )
         return path
 
-    def reload_teachers(self) -> List[ReloadOutcome]:
+    def reload_teachers(self) -> list[ReloadOutcome]:
         """Restores each peer's latest checkpoint into its teacher.
 
         Never raises for a peer's sake: a peer without a checkpoint is left
@@ -632,9 +599,7 @@ class CodistillModel(keras.Model):
             except exchange.PeerCheckpointError as e:
                 found.append(None)
                 find_errors[loader.peer_index] = str(e)
-        agreed = distribute.agree_min(
-            [-1 if r is None else r.step for r in found], strategy
-        )
+        agreed = distribute.agree_min([-1 if r is None else r.step for r in found], strategy)
         loaded_steps = self._teacher_steps.numpy().copy()
         outcomes = []
         for k, loader in enumerate(self._loaders):
@@ -651,9 +616,7 @@ class CodistillModel(keras.Model):
             reason = ""
             try:
                 stored_step = loader.stage(
-                    exchange.CheckpointRef(
-                        exchange.checkpoint_prefix(loader.directory, step), step
-                    )
+                    exchange.CheckpointRef(exchange.checkpoint_prefix(loader.directory, step), step)
                 )
                 if stored_step != step:
                     raise exchange.PeerCheckpointError(
@@ -678,9 +641,7 @@ class CodistillModel(keras.Model):
             else:
                 loader.discard()
                 reason = reason or "another worker of this group could not read it"
-                outcomes.append(
-                    ReloadOutcome(peer, "failed", step, own_step - step, reason=reason)
-                )
+                outcomes.append(ReloadOutcome(peer, "failed", step, own_step - step, reason=reason))
         with strategy.scope():
             self._teacher_steps.assign(loaded_steps)
         self._log_outcomes(outcomes)
@@ -725,9 +686,7 @@ class CodistillModel(keras.Model):
         arguments = dict(bound.arguments)
         arguments.pop("self")
         user_callbacks = list(arguments.get("callbacks") or [])
-        if not any(
-            isinstance(c, callbacks_lib.ExchangeCallback) for c in user_callbacks
-        ):
+        if not any(isinstance(c, callbacks_lib.ExchangeCallback) for c in user_callbacks):
             user_callbacks.append(callbacks_lib.ExchangeCallback())
         arguments["callbacks"] = user_callbacks
         return super().fit(**arguments)
@@ -748,10 +707,6 @@ class CodistillModel(keras.Model):
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)

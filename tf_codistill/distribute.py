@@ -9,7 +9,8 @@ every replica of a group uses the same teacher.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf

@@ -40,7 +40,8 @@ import posixpath
 import re
 import threading
 import uuid
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -60,10 +61,8 @@ __all__ = [
 
 CHECKPOINT_NAME = "ckpt"
 _STATE_FILE = "checkpoint"
-_CHECKPOINT_BASENAME = re.compile(r"^%s-(\d{1,18})$" % CHECKPOINT_NAME)
-_STATE_LINE = re.compile(
-    r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE
-)
+_CHECKPOINT_BASENAME = re.compile(rf"^{CHECKPOINT_NAME}-(\d{{1,18}})$")
+_STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
 # A CheckpointManager state file is a few hundred bytes; anything this large
 # is not one.
 _MAX_STATE_FILE_BYTES = 1 << 20
@@ -198,18 +197,17 @@ class ModelSignature:
 
     def __init__(
         self,
-        expected: Dict[str, Tuple[Tuple[int, ...], tf.DType]],
-        names: Optional[Dict[str, str]] = None,
+        expected: dict[str, tuple[tuple[int, ...], tf.DType]],
+        names: Optional[dict[str, str]] = None,
     ):
         self.expected = dict(expected)
         self.names = dict(names or {})
         self.num_bytes = sum(
-            int(np.prod(shape, dtype=np.int64)) * dtype.size
-            for shape, dtype in expected.values()
+            int(np.prod(shape, dtype=np.int64)) * dtype.size for shape, dtype in expected.values()
         )
 
     @classmethod
-    def of_model(cls, model: tf.Module) -> "ModelSignature":
+    def of_model(cls, model: tf.Module) -> ModelSignature:
         directory = f"ram://tf_codistill_signature/{uuid.uuid4().hex}"
         path = tf.train.Checkpoint(model=model).write(posixpath.join(directory, "ref"))
         try:
@@ -227,7 +225,7 @@ class ModelSignature:
             tf.io.gfile.rmtree(directory)
 
     @staticmethod
-    def _read_expected(reader) -> Dict[str, Tuple[Tuple[int, ...], tf.DType]]:
+    def _read_expected(reader) -> dict[str, tuple[tuple[int, ...], tf.DType]]:
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
         return {
@@ -240,7 +238,7 @@ class ModelSignature:
         """`hidden_0/kernel` for a key of this model, the short key otherwise."""
         return self.names.get(key) or _short_key(key)
 
-    def mismatches(self, reader, limit: int = 5) -> List[str]:
+    def mismatches(self, reader, limit: int = 5) -> list[str]:
         """What differs between this signature and a checkpoint's index.
 
         Args:
@@ -288,9 +286,7 @@ class Publisher:
         self.directory = directory
 
         def make():
-            step = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="published_step"
-            )
+            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="published_step")
             checkpoint = tf.train.Checkpoint(model=model, step=step)
             manager = tf.train.CheckpointManager(
                 checkpoint,
@@ -385,9 +381,7 @@ class TeacherLoader:
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
         except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
-            raise PeerCheckpointError(
-                f"cannot read the index of {name}: {_reason(e)}"
-            ) from e
+            raise PeerCheckpointError(f"cannot read the index of {name}: {_reason(e)}") from e
         problems = self._signature.mismatches(reader)
         if problems:
             raise PeerCheckpointError(
@@ -408,9 +402,7 @@ class TeacherLoader:
                 raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
         step = int(step_var.numpy())
         if step < 0:
-            raise PeerCheckpointError(
-                f"{name} holds no 'step' (not written by tf_codistill?)"
-            )
+            raise PeerCheckpointError(f"{name} holds no 'step' (not written by tf_codistill?)")
         return step
 
     def commit(self) -> CheckpointRef:
@@ -421,7 +413,7 @@ class TeacherLoader:
         """
         if self._staged is None:
             raise RuntimeError("commit() without a successful stage()")
-        for target, source in zip(self._teacher.weights, self._staging.weights):
+        for target, source in zip(self._teacher.weights, self._staging.weights, strict=True):
             target.assign(source.read_value())
         self.loaded, self._staged = self._staged, None
         return self.loaded

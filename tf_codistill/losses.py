@@ -29,7 +29,10 @@ subclasses `DistillationLoss` and implements `aggregate`, `pointwise` and
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
+from typing import Optional
+from typing import Union
 
 import tensorflow as tf
 
@@ -90,9 +93,7 @@ def average_log_probs(
       distribution.
     """
     weights = _normalized_peer_weights(peer_weights)
-    log_probs = [
-        tf.nn.log_softmax(_as_float32(t) / temperature, axis=-1) for t in teacher_logits
-    ]
+    log_probs = [tf.nn.log_softmax(_as_float32(t) / temperature, axis=-1) for t in teacher_logits]
     log_probs = _select(log_probs, weights, fill=float("-inf"))
     # log(0) = -inf for left-out peers; logsumexp over the peer axis ignores them.
     log_w = tf.math.log(weights)
@@ -180,9 +181,7 @@ class DistillationLoss(abc.ABC):
     name: str = "distillation_loss"
 
     @abc.abstractmethod
-    def aggregate(
-        self, teacher_logits: Sequence[tf.Tensor], peer_weights: tf.Tensor
-    ) -> tf.Tensor:
+    def aggregate(self, teacher_logits: Sequence[tf.Tensor], peer_weights: tf.Tensor) -> tf.Tensor:
         """Aggregates `[batch, ..., classes]` teacher logits into targets."""
 
     @abc.abstractmethod
@@ -227,11 +226,9 @@ class DistillationLoss(abc.ABC):
         if peer_weights is None:
             peer_weights = tf.ones([len(teacher_logits)], tf.float32)
         targets = self.aggregate(teacher_logits, peer_weights)
-        return reduce_per_example(
-            self.pointwise(targets, student_logits), sample_weight
-        )
+        return reduce_per_example(self.pointwise(targets, student_logits), sample_weight)
 
-    def get_config(self) -> Dict[str, Any]:
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     def __repr__(self) -> str:
@@ -288,9 +285,7 @@ class SoftmaxCrossEntropy(_SoftmaxLoss):
     name = "softmax_cross_entropy"
 
     def pointwise(self, targets, student_logits):
-        log_p = tf.nn.log_softmax(
-            _as_float32(student_logits) / self.temperature, axis=-1
-        )
+        log_p = tf.nn.log_softmax(_as_float32(student_logits) / self.temperature, axis=-1)
         q = tf.exp(targets)
         return -tf.reduce_sum(q * log_p, axis=-1) * self.temperature**2
 
@@ -305,9 +300,7 @@ class KLDivergence(_SoftmaxLoss):
     name = "kl_divergence"
 
     def pointwise(self, targets, student_logits):
-        log_p = tf.nn.log_softmax(
-            _as_float32(student_logits) / self.temperature, axis=-1
-        )
+        log_p = tf.nn.log_softmax(_as_float32(student_logits) / self.temperature, axis=-1)
         q = tf.exp(targets)
         # q * log q with 0 * log 0 = 0 (targets may be -inf where q underflows).
         q_log_q = tf.where(q > 0, q * targets, tf.zeros_like(q))
@@ -326,19 +319,13 @@ class SigmoidCrossEntropy(DistillationLoss):
     name = "sigmoid_cross_entropy"
 
     def aggregate(self, teacher_logits, peer_weights):
-        return _average(
-            [tf.sigmoid(_as_float32(t)) for t in teacher_logits], peer_weights
-        )
+        return _average([tf.sigmoid(_as_float32(t)) for t in teacher_logits], peer_weights)
 
     def pointwise(self, targets, student_logits):
         logits = _as_float32(student_logits)
         if logits.shape.rank == 1:
-            return tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=targets, logits=logits
-            )
-        per_label = tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=targets, logits=logits
-        )
+            return tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+        per_label = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
         return tf.reduce_mean(per_label, axis=-1)
 
     def agreement(self, targets, student_logits):

@@ -11,7 +11,8 @@ scalar float32 tensor, usable inside `train_step` (graph, XLA) and eagerly.
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Union
+from typing import Any
+from typing import Union
 
 import tensorflow as tf
 
@@ -35,7 +36,7 @@ class DistillWeightSchedule(abc.ABC):
         """Returns the scalar float32 weight for `step` (int, in train steps)."""
 
     @abc.abstractmethod
-    def get_config(self) -> Dict[str, Any]:
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments, for logging and serialisation."""
 
     def __repr__(self) -> str:
@@ -58,9 +59,7 @@ def _check_weight(weight: float) -> float:
 
 def _check_steps(name: str, value: int, minimum: int = 0) -> int:
     if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(
-            f"{name} must be an integer >= {minimum} (in train steps), got {value!r}"
-        )
+        raise ValueError(f"{name} must be an integer >= {minimum} (in train steps), got {value!r}")
     return int(value)
 
 
@@ -79,9 +78,7 @@ class BurnIn(DistillWeightSchedule):
     def __call__(self, step):
         step = tf.cast(step, tf.int64)
         on = step >= self.burn_in_steps
-        return tf.where(
-            on, tf.constant(self.weight, tf.float32), tf.constant(0.0, tf.float32)
-        )
+        return tf.where(on, tf.constant(self.weight, tf.float32), tf.constant(0.0, tf.float32))
 
     def get_config(self):
         return {"weight": self.weight, "burn_in_steps": self.burn_in_steps}
@@ -100,9 +97,7 @@ class LinearRamp(DistillWeightSchedule):
       ramp_steps: number of steps the ramp takes, >= 1.
     """
 
-    def __init__(
-        self, weight: float = 1.0, start_step: int = 0, ramp_steps: int = 1000
-    ):
+    def __init__(self, weight: float = 1.0, start_step: int = 0, ramp_steps: int = 1000):
         self.weight = _check_weight(weight)
         self.start_step = _check_steps("start_step", start_step)
         self.ramp_steps = _check_steps("ramp_steps", ramp_steps, minimum=1)
@@ -127,9 +122,7 @@ def get(
     """A schedule from a number (the paper's burn-in switch) or a schedule."""
     if isinstance(distill_weight, DistillWeightSchedule):
         return distill_weight
-    if isinstance(distill_weight, (int, float)) and not isinstance(
-        distill_weight, bool
-    ):
+    if isinstance(distill_weight, (int, float)) and not isinstance(distill_weight, bool):
         return BurnIn(distill_weight, burn_in_steps)
     raise TypeError(
         "distill_weight must be a number or a tf_codistill.schedules.DistillWeightSchedule, "

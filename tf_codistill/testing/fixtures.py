@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -42,9 +42,7 @@ def mlp(
         h = keras.layers.Dense(
             units, activation="relu", kernel_initializer=initializer, name=f"hidden_{i}"
         )(h)
-    logits = keras.layers.Dense(
-        num_outputs, kernel_initializer=initializer, name="logits"
-    )(h)
+    logits = keras.layers.Dense(num_outputs, kernel_initializer=initializer, name="logits")(h)
     return keras.Model(inputs, logits, name=name)
 
 
@@ -54,9 +52,7 @@ class SubclassedMLP(keras.Model):
     def __init__(self, num_outputs: int = 4, hidden: int = 16, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         initializer = keras.initializers.GlorotUniform(seed=seed)
-        self.hidden = keras.layers.Dense(
-            hidden, activation="relu", kernel_initializer=initializer
-        )
+        self.hidden = keras.layers.Dense(hidden, activation="relu", kernel_initializer=initializer)
         self.out = keras.layers.Dense(num_outputs, kernel_initializer=initializer)
 
     def call(self, inputs, training=None):
@@ -68,7 +64,7 @@ def toy_classification(
     input_dim: int = 8,
     num_classes: int = 4,
     seed: int = 0,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian inputs labelled by a fixed random linear map (learnable in a few steps)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(num_examples, input_dim)).astype(np.float32)
