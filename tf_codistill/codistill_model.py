@@ -248,6 +248,7 @@ class CodistillModel(keras.Model):
         strategy = tf.distribute.get_strategy()
         self._strategy_for_exchange = strategy
         self._publisher = None
+        self._publications = 0
         if distribute.is_chief(strategy):
             self._publisher = exchange.Publisher(
                 self.student,
@@ -565,13 +566,16 @@ class CodistillModel(keras.Model):
                 f"group {self._group_index} cannot publish step {step} into "
                 f"{self._publisher.directory}: {e.message}"
             ) from e
-        logging.info(
+        # The first publication at INFO, the routine ones at verbosity 1.
+        logging.vlog(
+            0 if self._publications == 0 else 1,
             "Group %d: published step %d to %s (%.3f s)",
             self._group_index,
             step,
             path,
             time.perf_counter() - start,
         )
+        self._publications += 1
         return path
 
     def reload_teachers(self) -> list[ReloadOutcome]:

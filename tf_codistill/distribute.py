@@ -15,7 +15,44 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["is_chief", "num_workers", "agree_min"]
+__all__ = ["STRATEGIES", "make_strategy", "is_chief", "num_workers", "agree_min"]
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distribute.Strategy:
+    """The strategy of one group, chosen by name.
+
+    Args:
+      name: `default` (one device), `mirrored` (all local GPUs, or the CPU),
+        `multi_worker_mirrored` (the cluster in `TF_CONFIG`; one process per
+        worker), or `tpu`.
+      tpu: TPU address for `tpu` (a name, `grpc://host:port`, or `local`).
+
+    Returns:
+      The strategy; create the student, the `CodistillModel`, the optimizer
+      and metrics inside its `scope()`.
+
+    Raises:
+      ValueError: an unknown name, or an argument that does not go with it.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if tpu and name != "tpu":
+        raise ValueError(f"--tpu={tpu!r} is only meaningful with strategy 'tpu', got {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        # Blocks until every worker of TF_CONFIG has connected.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if not tpu:
+        raise ValueError("strategy 'tpu' needs a TPU address (--tpu=<name|grpc://...|local>)")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def _cluster_resolver(strategy: tf.distribute.Strategy):

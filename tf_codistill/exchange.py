@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging as std_logging
 import posixpath
 import re
 import threading
@@ -45,6 +46,7 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 __all__ = [
@@ -70,6 +72,20 @@ _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _MODEL_PREFIX = "model/"
 # Variables a compiled student's checkpoint may carry besides its weights.
 _IGNORED_MODEL_PREFIXES = ("model/optimizer/",)
+
+
+class _DropShardingNoise(std_logging.Filter):
+    """Drops TensorFlow's per-save "Sharding callback duration" INFO line.
+
+    TF logs it through absl on every checkpoint write; a group publishes every
+    few dozen steps, so it would be most of a run's log.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Sharding callback duration")
+
+
+absl_logging.get_absl_logger().addFilter(_DropShardingNoise())
 
 
 class PeerCheckpointError(Exception):

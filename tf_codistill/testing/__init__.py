@@ -1,8 +1,17 @@
 """Fixtures for tf_codistill's tests and for users testing their own setups."""
 
 from tf_codistill.testing.fixtures import SubclassedMLP
+from tf_codistill.testing.fixtures import load_binary
 from tf_codistill.testing.fixtures import mlp
+from tf_codistill.testing.fixtures import repo_root
 from tf_codistill.testing.fixtures import toy_classification
 from tf_codistill.testing.fixtures import use_virtual_cpus
 
-__all__ = ["SubclassedMLP", "mlp", "toy_classification", "use_virtual_cpus"]
+__all__ = [
+    "SubclassedMLP",
+    "load_binary",
+    "mlp",
+    "repo_root",
+    "toy_classification",
+    "use_virtual_cpus",
+]

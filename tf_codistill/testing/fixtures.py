@@ -71,3 +71,34 @@ def toy_classification(
     w = np.random.default_rng(12345).normal(size=(input_dim, num_classes))
     y = np.argmax(x @ w, axis=1).astype(np.int64)
     return x, y
+
+
+def load_binary(name: str):
+    """Imports `binaries/<name>.py` as a module (its absl flags get defined).
+
+    From a source checkout the file is found next to the package; from an
+    installed package, as `tf_codistill_binaries.<name>`.
+    """
+    import importlib
+    import importlib.util
+    import os
+
+    import tf_codistill
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))
+    path = os.path.join(repo, "binaries", f"{name}.py")
+    if not os.path.exists(path):
+        return importlib.import_module(f"tf_codistill_binaries.{name}")
+    spec = importlib.util.spec_from_file_location(f"tf_codistill_binaries_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def repo_root() -> str:
+    """The source checkout this package was imported from."""
+    import os
+
+    import tf_codistill
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))

@@ -1,0 +1,57 @@
+"""tf_codistill: codistillation (Anil et al., 2018) for TensorFlow / tf_keras."""
+
+import glob
+import os
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def gin_data_files():
+    """Ships gin/ as <prefix>/share/tf_codistill/gin/ (see gin_utils.gin_search_paths)."""
+    out = {}
+    for path in glob.glob(os.path.join("gin", "**", "*.gin"), recursive=True):
+        out.setdefault(os.path.join("share", "tf_codistill", os.path.dirname(path)), []).append(
+            path
+        )
+    return sorted(out.items())
+
+
+setup(
+    name="tf_codistill",
+    version="0.1.0",
+    description="Codistillation (online distillation between data-parallel groups) for tf_keras",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_codistill", "tf_codistill.*"]) + ["tf_codistill_binaries"],
+    # The repository's binaries/ directory, installed under a namespaced name.
+    package_dir={"tf_codistill_binaries": "binaries"},
+    data_files=gin_data_files(),
+    install_requires=[
+        # tf-keras must match TensorFlow's minor version.
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        # TF 2.21 no longer pulls TensorBoard in; tf.summary needs it.
+        "tensorboard>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        # tensorflow-datasets imports it lazily but declares it only for Python < 3.9.
+        "importlib_resources",
+        "gin-config>=0.5,<0.6",
+        "absl-py>=2.0",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff==0.17.5"],
+        "plots": ["matplotlib>=3.8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tf-codistill-train=tf_codistill_binaries.train:run",
+            "tf-codistill-launch-local=tf_codistill_binaries.launch_local:run",
+        ]
+    },
+)

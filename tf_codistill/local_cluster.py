@@ -1,0 +1,190 @@
+"""Run a codistillation job's processes on one machine: groups x workers.
+
+Every worker is a process of its own; the workers of a multi-worker group find
+each other through a `TF_CONFIG` listing free 127.0.0.1 ports. Output of every
+process is streamed line by line with a prefix (`g0`, `g1w1`, ...). Processes
+are stopped by their pid only, and with SIGKILL after a grace period, because
+MultiWorkerMirroredStrategy installs a SIGTERM handler and does not exit on
+SIGTERM (see shared TF notes, Q3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Optional
+
+__all__ = ["Task", "LocalCluster", "free_ports", "tf_config"]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def tf_config(ports: Sequence[int], index: int) -> str:
+    """TF_CONFIG of worker `index` of a cluster of workers on `ports` (worker 0 is chief)."""
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
+
+
+@dataclasses.dataclass
+class Task:
+    """One process: a name (the output prefix), its command line and extra environment."""
+
+    name: str
+    argv: list[str]
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class LocalCluster:
+    """Starts, watches and stops a set of processes.
+
+    Args:
+      tasks: the processes to run.
+      write: where prefixed output lines go (default: stdout, flushed).
+      grace_s: seconds between SIGTERM and SIGKILL when stopping a process.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        write: Optional[Callable[[str], None]] = None,
+        grace_s: float = 10.0,
+    ):
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        self.tasks = {t.name: t for t in tasks}
+        self.grace_s = grace_s
+        self._write = write or _print_flush
+        self._lock = threading.Lock()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._readers: dict[str, threading.Thread] = {}
+        self.started_at: dict[str, float] = {}
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+    def _emit(self, name: str, line: str) -> None:
+        with self._lock:
+            self._write(f"[{name}] {line.rstrip()}")
+
+    def start(self, name: Optional[str] = None) -> None:
+        """Starts one task (again, e.g. after a kill), or all of them."""
+        for task_name in [name] if name else list(self.tasks):
+            task = self.tasks[task_name]
+            previous = self.processes.get(task_name)
+            if previous is not None and previous.poll() is None:
+                raise RuntimeError(f"task {task_name} is still running (pid {previous.pid})")
+            env = dict(os.environ)
+            env.update(task.env)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            process = subprocess.Popen(
+                task.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                text=True,
+                errors="replace",
+            )
+            self.processes[task_name] = process
+            self.started_at[task_name] = time.time()
+            reader = threading.Thread(
+                target=self._pump, args=(task_name, process), daemon=True, name=f"pump-{task_name}"
+            )
+            reader.start()
+            self._readers[task_name] = reader
+            self._emit(task_name, f"started, pid {process.pid}")
+
+    def _pump(self, name: str, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self._emit(name, line)
+
+    def running(self) -> list[str]:
+        return [n for n, p in self.processes.items() if p.poll() is None]
+
+    def wait(self, timeout_s: float, poll_s: float = 0.5) -> dict[str, Optional[int]]:
+        """Waits until every process has exited or `timeout_s` passed.
+
+        Returns:
+          Exit code per task; None for tasks still running at the deadline
+          (they are left running; call `stop_all`).
+        """
+        deadline = time.time() + timeout_s
+        while self.running() and time.time() < deadline:
+            time.sleep(poll_s)
+        for name, reader in self._readers.items():
+            if self.processes[name].poll() is not None:
+                reader.join(timeout=5)
+        return {n: p.poll() for n, p in self.processes.items()}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Sends `sig` to one task's process (by its pid), if it is running."""
+        process = self.processes.get(name)
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, sig)
+
+    def stop(self, name: str) -> Optional[int]:
+        """SIGTERM, then SIGKILL after the grace period; returns the exit code."""
+        process = self.processes.get(name)
+        if process is None or process.poll() is not None:
+            return None if process is None else process.returncode
+        self.kill(name, signal.SIGTERM)
+        try:
+            return process.wait(timeout=self.grace_s)
+        except subprocess.TimeoutExpired:
+            self._emit(name, f"did not exit {self.grace_s:.0f} s after SIGTERM; sending SIGKILL")
+            self.kill(name, signal.SIGKILL)
+            return process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        """Stops every running task: SIGTERM to all, SIGKILL to those left after the grace."""
+        running = self.running()
+        for name in running:
+            self.kill(name, signal.SIGTERM)
+        deadline = time.time() + self.grace_s
+        while self.running() and time.time() < deadline:
+            time.sleep(0.1)
+        for name in self.running():
+            self._emit(name, f"did not exit {self.grace_s:.0f} s after SIGTERM; sending SIGKILL")
+            self.kill(name, signal.SIGKILL)
+        for name in running:
+            self.processes[name].wait(timeout=30)
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def python_command(script: str, *args: str) -> list[str]:
+    """`[python, script, *args]` with this interpreter."""
+    return [sys.executable, script, *args]

@@ -1,0 +1,372 @@
+"""Train one codistillation group end to end: the single gin root.
+
+`train_group` is what `binaries/train.py` runs. Flags give the process its
+identity (root directory, group index, number of groups, strategy); gin gives
+everything else (model, data, optimiser, codistillation settings). Layout of a
+run, shared by all its groups:
+
+    <root_dir>/group_<i>/checkpoint, ckpt-<step>.*   published student checkpoints
+    <root_dir>/group_<i>/operative_config.gin        the parameters actually used
+    <root_dir>/group_<i>/metrics.json                evaluations and final results
+    <root_dir>/group_<i>/tensorboard/                TensorBoard summaries
+    <root_dir>/group_<i>/backup/                     BackupAndRestore (resume) state
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import Optional
+from typing import Union
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from tf_codistill import callbacks as callbacks_lib
+from tf_codistill import codistill_model
+from tf_codistill import distribute
+from tf_codistill import exchange
+from tf_codistill import gin_utils
+from tf_codistill import losses
+from tf_codistill import schedules
+from tf_codistill.datasets import sharding
+
+__all__ = ["train_group", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.json"
+
+# Registered so gin files can name them: @tf_codistill.schedules.LinearRamp() ...
+for _cls in (schedules.BurnIn, schedules.LinearRamp):
+    gin.external_configurable(_cls, module="tf_codistill.schedules")
+for _cls in (
+    losses.SoftmaxCrossEntropy,
+    losses.KLDivergence,
+    losses.SigmoidCrossEntropy,
+    losses.LogitMSE,
+):
+    gin.external_configurable(_cls, module="tf_codistill.losses")
+
+
+def _metric(spec: Union[str, Callable]) -> Any:
+    """A metric name (kept as is for compile) or factory (called in scope)."""
+    return spec if isinstance(spec, str) else spec()
+
+
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _writable_dir(path: str, chief: bool) -> str:
+    """`path` on the chief; a throw-away directory on other workers."""
+    if chief:
+        tf.io.gfile.makedirs(path)
+        return path
+    return tempfile.mkdtemp(prefix="tf_codistill_worker_")
+
+
+def _input(
+    strategy: tf.distribute.Strategy,
+    input_fn: Callable[[sharding.DataContext], tf.data.Dataset],
+    training: bool,
+    global_batch_size: int,
+    group_index: int,
+    num_groups: int,
+    data_split: str,
+    data_seed: int,
+):
+    """The group's dataset, distributed over its workers and replicas."""
+
+    def make(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        context = sharding.DataContext(
+            training=training,
+            batch_size=input_context.get_per_replica_batch_size(global_batch_size),
+            group_index=group_index,
+            num_groups=num_groups,
+            mode=data_split,
+            seed=data_seed,
+            worker_index=input_context.input_pipeline_id,
+            num_workers=input_context.num_input_pipelines,
+        )
+        return input_fn(context)
+
+    return strategy.distribute_datasets_from_function(make)
+
+
+@gin.configurable(
+    module="tf_codistill.train_lib",
+    denylist=["root_dir", "group_index", "num_groups", "strategy"],
+)
+def train_group(
+    root_dir: str,
+    group_index: int = 0,
+    num_groups: int = 1,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    *,
+    # Model and data.
+    model_fn: Callable[[], keras.Model] = gin.REQUIRED,
+    input_fn: Callable[[sharding.DataContext], tf.data.Dataset] = gin.REQUIRED,
+    eval_input_fn: Optional[Callable[[sharding.DataContext], tf.data.Dataset]] = None,
+    global_batch_size: int = gin.REQUIRED,
+    eval_batch_size: Optional[int] = None,
+    data_split: str = sharding.DISJOINT,
+    data_seed: int = 0,
+    model_seed: int = 0,
+    # Optimisation.
+    optimizer: Callable[[], keras.optimizers.Optimizer] = gin.REQUIRED,
+    loss: Union[str, keras.losses.Loss] = gin.REQUIRED,
+    metrics: Sequence[Union[str, Callable]] = (),
+    train_steps: int = gin.REQUIRED,
+    steps_per_loop: int = 1000,
+    eval_steps: Optional[int] = None,
+    steps_per_execution: int = 1,
+    jit_compile: bool = False,
+    # Codistillation.
+    codistill: bool = True,
+    distill_loss: Union[str, losses.DistillationLoss] = "softmax_cross_entropy",
+    distill_weight: Union[float, schedules.DistillWeightSchedule] = 1.0,
+    burn_in_steps: Optional[int] = schedules.PAPER_BURN_IN_STEPS,
+    exchange_every_n_steps: int = 50,
+    max_staleness_steps: Optional[int] = None,
+    checkpoints_to_keep: int = 5,
+    wait_for_peers_s: float = 0.0,
+    # Bookkeeping.
+    backup_every_n_steps: Optional[int] = None,
+    log_every_n_steps: int = 100,
+) -> dict[str, Any]:
+    """Trains group `group_index` of a codistillation run; returns its results.
+
+    Args:
+      root_dir: the run's directory, shared by all its groups (the exchange dir).
+      group_index: this group, in `[0, num_groups)`.
+      num_groups: groups in the run (1: a plain single-group run).
+      strategy: the group's strategy; defaults to the current one.
+      model_fn: returns a new, built `tf_keras.Model` producing logits; called
+        inside the strategy scope, also to build the teachers.
+      input_fn: `fn(DataContext) -> tf.data.Dataset` of batches for one
+        replica; used for training (`context.training=True`) and evaluation.
+      eval_input_fn: a separate input function for evaluation, if any.
+      global_batch_size: examples per step over all replicas of the group.
+      eval_batch_size: global evaluation batch; defaults to `global_batch_size`.
+      data_split: `disjoint` (each group its own shard, the paper's setup) or
+        `same` (every group all the data, in its own order: the control).
+      data_seed: seed of the data order.
+      model_seed: initialisation seed; group i uses `model_seed + i`.
+      optimizer: a zero-argument factory of a tf_keras optimizer (in gin,
+        `@keras.optimizers.Adam`, configured separately); called in scope.
+      loss: the task loss for `compile`.
+      metrics: metric names or zero-argument factories.
+      train_steps: total train steps of the group.
+      steps_per_loop: train steps between evaluations (one Keras epoch).
+      eval_steps: batches per evaluation; None for the whole evaluation set.
+      steps_per_execution: train steps per `tf.function` call.
+      jit_compile: compile the train step with XLA.
+      codistill: False trains an independent group (no distillation; it still
+        publishes, e.g. for an ensemble baseline).
+      distill_loss: psi, by name or object.
+      distill_weight: weight after burn-in, or a schedule.
+      burn_in_steps: steps without distillation (numeric `distill_weight`).
+      exchange_every_n_steps: checkpoint exchange interval, in train steps.
+      max_staleness_steps: teachers older than this are left out.
+      checkpoints_to_keep: published checkpoints kept.
+      wait_for_peers_s: start barrier: wait up to this long for every peer's
+        first checkpoint before the first step (0: no barrier).
+      backup_every_n_steps: interval of the resume state; defaults to
+        `steps_per_loop`.
+      log_every_n_steps: interval of the progress lines.
+
+    Returns:
+      A dict with the last evaluation (`final`), every evaluation (`history`),
+      the best evaluation task loss and its step (`best`), and timings; also
+      written to `<root_dir>/group_<i>/metrics.json`.
+
+    Raises:
+      ValueError: an inconsistent setting, naming it.
+    """
+    start_time = time.time()
+    strategy = strategy or tf.distribute.get_strategy()
+    global_batch_size = _check_positive("global_batch_size", global_batch_size)
+    train_steps = _check_positive("train_steps", train_steps)
+    steps_per_loop = _check_positive("steps_per_loop", steps_per_loop)
+    log_every_n_steps = _check_positive("log_every_n_steps", log_every_n_steps)
+    if train_steps % steps_per_loop:
+        raise ValueError(
+            f"train_steps ({train_steps}) must be a multiple of steps_per_loop ({steps_per_loop})"
+        )
+    backup_every_n_steps = _check_positive(
+        "backup_every_n_steps", backup_every_n_steps or steps_per_loop
+    )
+    chief = distribute.is_chief(strategy)
+    group_dir = exchange.group_dir(root_dir, group_index)
+    output_dir = _writable_dir(group_dir, chief)
+    prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
+    logging.info(
+        "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
+        prefix,
+        train_steps,
+        global_batch_size,
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        distribute.num_workers(strategy),
+        data_split,
+        root_dir,
+    )
+
+    keras.utils.set_random_seed(model_seed + group_index)
+    with strategy.scope():
+        student = model_fn()
+        model = codistill_model.CodistillModel(
+            student,
+            group_index=group_index,
+            num_groups=num_groups,
+            exchange_dir=root_dir,
+            distill_loss=distill_loss,
+            distill_weight=distill_weight,
+            burn_in_steps=None
+            if isinstance(distill_weight, schedules.DistillWeightSchedule)
+            else burn_in_steps,
+            exchange_every_n_steps=exchange_every_n_steps,
+            peer_indices=None if codistill else [],
+            teacher_builder=model_fn,
+            max_checkpoints_to_keep=checkpoints_to_keep,
+            max_staleness_steps=max_staleness_steps,
+        )
+        model.compile(
+            optimizer=optimizer(),
+            loss=loss,
+            metrics=[_metric(m) for m in metrics],
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+        )
+    logging.info("%s: student %s has %d parameters", prefix, student.name, student.count_params())
+
+    train_data = _input(
+        strategy,
+        input_fn,
+        True,
+        global_batch_size,
+        group_index,
+        num_groups,
+        data_split,
+        data_seed,
+    )
+    eval_data = _input(
+        strategy,
+        eval_input_fn or input_fn,
+        False,
+        eval_batch_size or global_batch_size,
+        group_index,
+        num_groups,
+        data_split,
+        data_seed,
+    )
+    if chief:
+        gin_utils.write_operative_config(group_dir)
+    history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
+    fit_callbacks = [
+        keras.callbacks.BackupAndRestore(
+            os.path.join(output_dir, "backup"),
+            save_freq=backup_every_n_steps,
+            delete_checkpoint=False,
+        ),
+        callbacks_lib.ExchangeCallback(wait_for_peers_s=wait_for_peers_s if codistill else 0.0),
+        history,
+        callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
+        callbacks_lib.SummaryWriter(os.path.join(output_dir, "tensorboard"), log_every_n_steps),
+    ]
+    model.fit(
+        train_data,
+        epochs=train_steps // steps_per_loop,
+        steps_per_epoch=steps_per_loop,
+        validation_data=eval_data,
+        validation_steps=eval_steps,
+        callbacks=fit_callbacks,
+        verbose=0,
+    )
+    if not history.evaluations:  # Resumed after the last epoch: evaluate once.
+        logs = model.evaluate(eval_data, steps=eval_steps, verbose=0, return_dict=True)
+        history.record(
+            int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
+        )
+    history.extra = dict(
+        group_index=group_index,
+        num_groups=num_groups,
+        codistill=codistill,
+        data_split=data_split,
+        steps=int(model.optimizer.iterations.numpy()),
+        wall_seconds=time.time() - start_time,
+        teacher_reloads={str(k): v for k, v in model.reload_counts.items()},
+    )
+    history.write()
+    results = history.results()
+    if chief:
+        gin_utils.write_operative_config(group_dir)
+    final = results["final"]
+    logging.info(
+        "%s: done, %d steps in %.0f s; final %s",
+        prefix,
+        results["steps"],
+        results["wall_seconds"],
+        callbacks_lib.format_logs(final),
+    )
+    return results
+
+
+class _History(keras.callbacks.Callback):
+    """Evaluations per step, kept in `metrics.json` as training goes.
+
+    The file is rewritten after every evaluation, so the launcher (or a
+    person) can read progress, and a restarted group keeps the evaluations
+    it made before it stopped.
+    """
+
+    def __init__(self, path: Optional[str]):
+        super().__init__()
+        self.path = path
+        self.evaluations = []
+        self.extra: dict[str, Any] = {}
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.path and tf.io.gfile.exists(self.path):
+            try:
+                with tf.io.gfile.GFile(self.path) as f:
+                    earlier = json.load(f).get("history", [])
+                self.evaluations = [e for e in earlier if e.get("step", step + 1) <= step]
+            except (ValueError, tf.errors.OpError) as e:
+                logging.warning("Ignoring unreadable %s: %s", self.path, e)
+
+    def record(self, step: int, logs: dict[str, Any]) -> None:
+        values = {k: float(np.asarray(v)) for k, v in logs.items() if k.startswith("val_")}
+        if values:
+            self.evaluations = [e for e in self.evaluations if e["step"] != step]
+            self.evaluations.append({"step": step, **values})
+            self.write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.record(int(self.model.optimizer.iterations.numpy()), logs or {})
+
+    def results(self) -> dict[str, Any]:
+        final = dict(self.evaluations[-1]) if self.evaluations else {}
+        best = None
+        if self.evaluations and "val_task_loss" in self.evaluations[0]:
+            best_eval = min(self.evaluations, key=lambda e: e["val_task_loss"])
+            best = {"step": best_eval["step"], "val_task_loss": best_eval["val_task_loss"]}
+        return {"final": final, "history": self.evaluations, "best": best, **self.extra}
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            json.dump(self.results(), f, indent=2, sort_keys=True)
+        tf.io.gfile.rename(tmp, self.path, overwrite=True)
