@@ -13,6 +13,7 @@ binaries/launch_local.py does that on one machine.
 
 import os
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,10 +65,25 @@ def main(argv):
         train_lib.train_group(
             FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy
         )
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
-        # A configuration mistake: one clear line, not a stack trace.
+    except (ValueError, TypeError) as e:
+        if not _raised_by_tf_codistill(e):
+            raise  # Not a mistake we detect: the full traceback helps more.
+        # A configuration mistake we detected: one clear line, not a stack trace.
         logging.error("%s: %s", type(e).__name__, e)
         sys.exit(f"train.py: {e}")
+
+
+def _raised_by_tf_codistill(error: BaseException) -> bool:
+    """Whether `error` was raised by tf_codistill's own checks (or gin's parser)."""
+    from tf_codistill import gin_utils
+
+    if isinstance(error, gin_utils.GinConfigError):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    origin = frames[-1].filename if frames else ""
+    return any(
+        part in origin for part in (f"{os.sep}tf_codistill{os.sep}", f"{os.sep}binaries{os.sep}")
+    )
 
 
 def run():

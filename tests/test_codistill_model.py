@@ -324,7 +324,7 @@ class MirroredMetricsTest(tf.test.TestCase):
     """Reported metrics are true values under MirroredStrategy, not replica sums."""
 
     def test_metrics_and_step_match_single_device(self):
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        strategy = testing.mirrored_strategy()
         d = self.create_tempdir().full_path
         peer = testing.mlp(seed=1)
         publish_peer(peer, d, group=1, step=0)

@@ -102,7 +102,7 @@ class ExchangeCallback(_StepCounting):
     def on_train_begin(self, logs=None):
         # Runs after BackupAndRestore (an earlier callback) restored the step.
         super().on_train_begin(logs)
-        if self.wait_for_peers_s > 0:
+        if self.wait_for_peers_s > 0 and self.model.peer_indices:
             self._wait_for_peers()
         else:
             self.model.reload_teachers()
@@ -143,7 +143,7 @@ def format_logs(logs, prefix: str = "") -> str:
     parts = []
     for key, value in (logs or {}).items():
         if key.startswith(prefix):
-            value = np.asarray(value).item() if np.size(value) == 1 else value
+            value = _scalar(value) if np.size(value) == 1 else value
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return " ".join(parts)
 
@@ -197,7 +197,15 @@ def current_learning_rate(optimizer) -> float:
     lr = optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         lr = lr(optimizer.iterations)
-    return float(np.asarray(lr))
+    return _scalar(lr)
+
+
+def _scalar(value) -> float:
+    """A Python float from a number, numpy value, tensor or (distributed) variable."""
+    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "_primary"):
+        # Distributed variables have no __array__; reading them gives a tensor.
+        value = tf.convert_to_tensor(value).numpy()
+    return float(np.asarray(value))
 
 
 class SummaryWriter(_StepCounting):
@@ -232,7 +240,7 @@ class SummaryWriter(_StepCounting):
         with self._writer(name).as_default(step=self.step):
             for key, value in logs.items():
                 if key.startswith(strip) and np.size(value) == 1:
-                    tf.summary.scalar(key[len(strip) :], float(np.asarray(value)))
+                    tf.summary.scalar(key[len(strip) :], _scalar(value))
             if name == "train":
                 tf.summary.scalar("learning_rate", current_learning_rate(self.model.optimizer))
 

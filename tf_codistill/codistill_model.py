@@ -215,6 +215,11 @@ class CodistillModel(keras.Model):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
+        # train_step/test_step return metric results, the same on every
+        # replica. Keras' "auto" reduction sums step outputs over replicas
+        # under MultiWorkerMirroredStrategy (doubling them with 2 workers);
+        # "first" is right for every strategy.
+        self.distribute_reduction_method = "first"
         self._loss_tracker = keras.metrics.Mean(name=LOSS)
         self._task_loss_tracker = keras.metrics.Mean(name=TASK_LOSS)
         self._distill_loss_tracker = keras.metrics.Mean(name=DISTILL_LOSS)

@@ -102,6 +102,44 @@ def _input(
     return strategy.distribute_datasets_from_function(make)
 
 
+def _multi_worker_eval_steps(
+    strategy: tf.distribute.Strategy,
+    input_fn: Callable[[sharding.DataContext], tf.data.Dataset],
+    global_batch_size: int,
+    group_index: int,
+    num_groups: int,
+    data_split: str,
+    data_seed: int,
+) -> int:
+    """Evaluation batches every worker can run, for a multi-worker group.
+
+    Keras needs a step count to evaluate a distributed dataset, and the workers
+    must run the same number of steps (each evaluation step is a collective).
+    Each worker counts its own share (the dataset's cardinality, known for
+    sharded TFDS and in-memory data) and they take the minimum.
+    """
+    workers = distribute.num_workers(strategy)
+    context = sharding.DataContext(
+        training=False,
+        batch_size=max(1, global_batch_size // strategy.num_replicas_in_sync),
+        group_index=group_index,
+        num_groups=num_groups,
+        mode=data_split,
+        seed=data_seed,
+        worker_index=distribute.worker_index(strategy),
+        num_workers=workers,
+    )
+    local = int(input_fn(context).cardinality().numpy())
+    steps = int(distribute.agree_min([local], strategy)[0])
+    if steps <= 0:
+        raise ValueError(
+            "a multi-worker group needs the number of evaluation batches: the evaluation "
+            f"dataset's size is unknown here (cardinality {local}); set "
+            "tf_codistill.train_lib.train_group.eval_steps"
+        )
+    return steps
+
+
 @gin.configurable(
     module="tf_codistill.train_lib",
     denylist=["root_dir", "group_index", "num_groups", "strategy"],
@@ -207,7 +245,8 @@ def train_group(
     )
     chief = distribute.is_chief(strategy)
     group_dir = exchange.group_dir(root_dir, group_index)
-    output_dir = _writable_dir(group_dir, chief)
+    # TensorBoard output of non-chief workers goes to a throw-away directory.
+    summary_dir = os.path.join(_writable_dir(group_dir, chief), "tensorboard")
     prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
     logging.info(
         "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
@@ -269,19 +308,32 @@ def train_group(
         data_split,
         data_seed,
     )
+    if eval_steps is None and distribute.num_workers(strategy) > 1:
+        eval_steps = _multi_worker_eval_steps(
+            strategy,
+            eval_input_fn or input_fn,
+            eval_batch_size or global_batch_size,
+            group_index,
+            num_groups,
+            data_split,
+            data_seed,
+        )
+        logging.info("%s: %d evaluation batches per worker", prefix, eval_steps)
     if chief:
         gin_utils.write_operative_config(group_dir)
     history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
     fit_callbacks = [
         keras.callbacks.BackupAndRestore(
-            os.path.join(output_dir, "backup"),
+            # The same directory on every worker: Keras lets only the chief
+            # write there, and a restarted non-chief worker reads it back.
+            os.path.join(group_dir, "backup"),
             save_freq=backup_every_n_steps,
             delete_checkpoint=False,
         ),
         callbacks_lib.ExchangeCallback(wait_for_peers_s=wait_for_peers_s if codistill else 0.0),
         history,
         callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
-        callbacks_lib.SummaryWriter(os.path.join(output_dir, "tensorboard"), log_every_n_steps),
+        callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
     ]
     model.fit(
         train_data,

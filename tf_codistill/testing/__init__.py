@@ -2,6 +2,7 @@
 
 from tf_codistill.testing.fixtures import SubclassedMLP
 from tf_codistill.testing.fixtures import load_binary
+from tf_codistill.testing.fixtures import mirrored_strategy
 from tf_codistill.testing.fixtures import mlp
 from tf_codistill.testing.fixtures import repo_root
 from tf_codistill.testing.fixtures import toy_classification
@@ -10,6 +11,7 @@ from tf_codistill.testing.fixtures import use_virtual_cpus
 __all__ = [
     "SubclassedMLP",
     "load_binary",
+    "mirrored_strategy",
     "mlp",
     "repo_root",
     "toy_classification",

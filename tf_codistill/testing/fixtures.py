@@ -27,6 +27,24 @@ def use_virtual_cpus(count: int = 2) -> bool:
     return len(tf.config.list_logical_devices("CPU")) >= count
 
 
+_MIRRORED = None
+
+
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy over two logical CPUs, shared by the whole process.
+
+    Two MirroredStrategy objects in one process hand out the same collective
+    instance keys, and their all-reduces then abort with "Shape mismatch in
+    the collective instance"; tests must share one.
+    """
+    global _MIRRORED
+    if _MIRRORED is None:
+        if not use_virtual_cpus(2):
+            raise RuntimeError("two logical CPUs are needed; configure them before any TF op")
+        _MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return _MIRRORED
+
+
 def mlp(
     input_dim: int = 8,
     num_outputs: int = 4,
