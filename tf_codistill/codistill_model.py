@@ -16,6 +16,7 @@ which `fit` adds by itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -414,36 +415,46 @@ class CodistillModel(keras.Model):
             weights = mask if weights is None else losses.broadcast_weights(weights, mask) * mask
         return weights
 
-    def _distill_terms(self, x, y_pred, peer_weights, weights, active):
-        """Per-example psi `[batch]` and per-position agreement, 0 when not active.
+    def _teacher_targets(self, x, y_pred, peer_weights, active):
+        """Aggregated teacher targets and per-position agreement; zeros when not active.
 
         The teachers run only when `active` (inside `tf.cond`), so burn-in
         steps and steps without any available peer cost no teacher forward
-        pass; a teacher that is not available is not run either.
+        pass; a teacher that is not available is not run either. Nothing here
+        needs a gradient: in `train_step` it runs with the tape paused, so the
+        teachers' control flow (an LSTM's while loop) keeps no intermediates
+        for a backward pass.
         """
-        batch_shape = tf.shape(y_pred)[:1]
         point_shape = tf.shape(y_pred)[:-1] if y_pred.shape.rank > 1 else tf.shape(y_pred)
 
         def compute():
             teacher_logits = []
             for j, teacher in enumerate(self._teachers):
-                logits = tf.cond(
-                    peer_weights[j] > 0,
-                    lambda t=teacher: tf.cast(t(x, training=False), y_pred.dtype),
-                    lambda: tf.zeros_like(y_pred),
+                teacher_logits.append(
+                    tf.cond(
+                        peer_weights[j] > 0,
+                        lambda t=teacher: tf.cast(t(x, training=False), y_pred.dtype),
+                        lambda: tf.zeros_like(y_pred),
+                    )
                 )
-                teacher_logits.append(tf.stop_gradient(logits))
-            per_example = self._distill_loss(
-                teacher_logits, y_pred, peer_weights=peer_weights, sample_weight=weights
-            )
             targets = self._distill_loss.aggregate(teacher_logits, peer_weights)
             agreement = self._distill_loss.agreement(targets, y_pred)
-            return per_example, tf.reshape(agreement, point_shape)
+            return tf.stop_gradient(targets), tf.reshape(agreement, point_shape)
 
         def skip():
-            return tf.zeros(batch_shape, tf.float32), tf.zeros(point_shape, tf.float32)
+            return tf.zeros(tf.shape(y_pred), tf.float32), tf.zeros(point_shape, tf.float32)
 
         return tf.cond(active, compute, skip)
+
+    def _distill_per_example(self, targets, y_pred, weights, active):
+        """psi per example `[batch]` against precomputed targets; zeros when not active."""
+        return tf.cond(
+            active,
+            lambda: losses.reduce_per_example(
+                self._distill_loss.pointwise(targets, y_pred), weights
+            ),
+            lambda: tf.zeros(tf.shape(y_pred)[:1], tf.float32),
+        )
 
     def _check_output(self, y_pred):
         if not tf.is_tensor(y_pred):
@@ -453,8 +464,14 @@ class CodistillModel(keras.Model):
             )
         self._distill_loss.validate_logits(y_pred)
 
-    def _step_terms(self, x, y, y_pred, sample_weight, step, training):
-        """Task loss, distillation terms and the weight in effect for one batch."""
+    def _step_terms(self, x, y, y_pred, sample_weight, step, tape=None):
+        """Task loss, distillation terms and the weight in effect for one batch.
+
+        Args:
+          tape: the train step's GradientTape (paused for the teachers), or
+            None when evaluating.
+        """
+        training = tape is not None
         self._check_output(y_pred)
         task_loss = self.compiled_loss(
             y, y_pred, sample_weight, regularization_losses=self.student.losses
@@ -467,7 +484,9 @@ class CodistillModel(keras.Model):
         active = weight > 0 if training else any_peer
         weights = self._position_weights(y_pred, sample_weight)
         if self._teachers:
-            per_example, agreement = self._distill_terms(x, y_pred, peer_weights, weights, active)
+            with tape.stop_recording() if training else contextlib.nullcontext():
+                targets, agreement = self._teacher_targets(x, y_pred, peer_weights, active)
+            per_example = self._distill_per_example(targets, y_pred, weights, active)
         else:
             per_example = tf.zeros(tf.shape(y_pred)[:1], tf.float32)
             agreement = None
@@ -522,7 +541,7 @@ class CodistillModel(keras.Model):
         step = tf.convert_to_tensor(self.optimizer.iterations)
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
-            terms = self._step_terms(x, y, y_pred, sample_weight, step, training=True)
+            terms = self._step_terms(x, y, y_pred, sample_weight, step, tape=tape)
         self.optimizer.minimize(terms["total"], self.student.trainable_variables, tape=tape)
         self._update_trackers(y_pred, terms, step, training=True)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
@@ -536,7 +555,7 @@ class CodistillModel(keras.Model):
             else tf.constant(0, tf.int64)
         )
         y_pred = self.student(x, training=False)
-        terms = self._step_terms(x, y, y_pred, sample_weight, step, training=False)
+        terms = self._step_terms(x, y, y_pred, sample_weight, step)
         self._update_trackers(y_pred, terms, step, training=False)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         results = self.get_metrics_result()

@@ -1,0 +1,317 @@
+r"""What codistillation costs per step, measured side by side in one process.
+
+For a compute-bound MLP and an LSTM language model, on the same data and
+batch, it times:
+
+  plain        student.compile(...); student.fit(...)          (tf_keras)
+  codistill-1  CodistillModel with 1 peer (one teacher forward pass)
+  codistill-3  CodistillModel with 3 peers
+  distiller    Keras 3's keras.distillation.Distiller, 1 teacher (Keras 3)
+
+Each variant is built and traced once; then the variants take turns running
+one timed epoch each, --repeats times (interleaved, so drifts in machine
+speed hit all of them alike). A step's time is the interval between two
+consecutive `on_train_batch_end` calls (train step plus Keras' per-step
+overhead). Reported: the median step time per variant and repeat, then the
+median over repeats of each variant's ratio to `plain` within the same repeat.
+
+It also times one teacher reload (new peer checkpoint -> teacher) and, over a
+run that reloads every 50 steps, the median and 99th-percentile step.
+
+  python benchmarks/step_cost.py --repeats=5 --markdown=docs/benchmarks.md
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_integer("repeats", 5, "Timed epochs per variant (interleaved).")
+flags.DEFINE_integer("mlp_steps", 150, "Steps per timed epoch, MLP.")
+flags.DEFINE_integer("lstm_steps", 40, "Steps per timed epoch, LSTM LM.")
+flags.DEFINE_integer("reload_run_steps", 1000, "Steps of the run that reloads every 50 steps.")
+flags.DEFINE_list("workloads", ["mlp", "lstm"], "Which models to time.")
+flags.DEFINE_string("json", None, "Write raw results here.")
+flags.DEFINE_string("markdown", None, "Write the tables here (e.g. docs/benchmarks.md).")
+FLAGS = flags.FLAGS
+
+WORKLOADS = {
+    # Compute-bound on a CPU: three 1024-wide layers, batch 256 (2.2 M parameters).
+    "mlp": dict(batch=256, examples=256 * 16, input_dim=64, classes=10, hidden=(1024, 1024, 1024)),
+    # Byte-level LM: 2 x LSTM 256 on 64-token sequences, batch 32 (0.9 M parameters).
+    "lstm": dict(batch=32, examples=32 * 8, length=64, vocab=256, embed=64, units=256),
+}
+
+
+def build(framework, workload, seed):
+    """The workload's model in tf_keras or Keras 3 (same layers, same sizes)."""
+    if framework == "keras3":
+        import keras as k
+    else:
+        import tf_keras as k
+    k.utils.set_random_seed(seed)
+    w = WORKLOADS[workload]
+    if workload == "mlp":
+        inputs = k.Input((w["input_dim"],))
+        h = inputs
+        for units in w["hidden"]:
+            h = k.layers.Dense(units, activation="relu")(h)
+        return k.Model(inputs, k.layers.Dense(w["classes"])(h))
+    inputs = k.Input((w["length"],), dtype="int32")
+    h = k.layers.Embedding(w["vocab"], w["embed"])(inputs)
+    h = k.layers.LSTM(w["units"], return_sequences=True)(h)
+    h = k.layers.LSTM(w["units"], return_sequences=True)(h)
+    return k.Model(inputs, k.layers.Dense(w["vocab"])(h))
+
+
+def data(workload):
+    import tensorflow as tf
+
+    w = WORKLOADS[workload]
+    rng = np.random.default_rng(0)
+    if workload == "mlp":
+        x = rng.normal(size=(w["examples"], w["input_dim"])).astype("float32")
+        y = rng.integers(0, w["classes"], size=(w["examples"],))
+    else:
+        x = rng.integers(0, w["vocab"], size=(w["examples"], w["length"])).astype("int32")
+        y = rng.integers(0, w["vocab"], size=(w["examples"], w["length"]))
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(w["batch"]).cache().repeat()
+
+
+def step_timer(callback_base):
+    class StepTimer(callback_base):
+        """Intervals between consecutive batch ends, minus time excluded by others."""
+
+        def __init__(self):
+            super().__init__()
+            self.times, self.excluded, self._last = [], 0.0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._last = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self._last is not None:
+                self.times.append(now - self._last - self.excluded)
+            self.excluded = 0.0
+            self._last = now
+
+    return StepTimer()
+
+
+class Variant:
+    """A compiled model plus how to run one timed epoch of it."""
+
+    def __init__(self, name, workload, exchange_dir):
+        import tf_keras as keras
+
+        self.name, self.workload = name, workload
+        self.dataset = data(workload)
+        loss = "sparse_categorical_crossentropy"
+        if name == "distiller":
+            import keras as keras3
+
+            self.timer = step_timer(keras3.callbacks.Callback)
+            self.model = keras3.distillation.Distiller(
+                teacher=build("keras3", workload, 1),
+                student=build("keras3", workload, 0),
+                distillation_losses=keras3.distillation.LogitsDistillation(temperature=1.0),
+                student_loss_weight=0.5,
+            )
+            self.model.compile(
+                optimizer=keras3.optimizers.Adam(1e-3),
+                loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            return
+        self.timer = step_timer(keras.callbacks.Callback)
+        student = build("tf_keras", workload, 0)
+        if name == "plain":
+            self.model = student
+        else:
+            import tf_codistill
+            from tf_codistill import exchange
+
+            peers = int(name.split("-")[1])
+            for g in range(1, peers + 1):
+                exchange.Publisher(
+                    build("tf_keras", workload, g), exchange.group_dir(exchange_dir, g)
+                ).publish(0)
+            self.model = tf_codistill.CodistillModel(
+                student,
+                group_index=0,
+                num_groups=peers + 1,
+                exchange_dir=exchange_dir,
+                burn_in_steps=0,
+                exchange_every_n_steps=10**9,  # No reloads while timing the step.
+            )
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        del loss
+
+    def epoch(self, steps):
+        start = len(self.timer.times)
+        self.model.fit(
+            self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[self.timer]
+        )
+        return statistics.median(self.timer.times[start:])
+
+
+def time_variants(workload, steps, repeats):
+    names = ["plain", "codistill-1", "codistill-3", "distiller"]
+    variants = [Variant(n, workload, tempfile.mkdtemp()) for n in names]
+    for v in variants:  # Trace and warm up.
+        v.epoch(max(5, steps // 5))
+    medians = {n: [] for n in names}
+    for _ in range(repeats):
+        for v in variants:
+            medians[v.name].append(v.epoch(steps))
+    ratios = {
+        n: statistics.median(m / p for m, p in zip(medians[n], medians["plain"], strict=True))
+        for n in names
+    }
+    return {"median_step_ms": {n: 1e3 * statistics.median(m) for n, m in medians.items()},
+            "per_repeat_ms": {n: [1e3 * t for t in m] for n, m in medians.items()},
+            "ratio_to_plain": ratios}
+
+
+def time_reloads(workload, run_steps):
+    """One reload's time, and the step-time distribution with a reload every 50 steps."""
+    import tf_keras as keras
+
+    import tf_codistill
+    from tf_codistill import exchange
+
+    d = tempfile.mkdtemp()
+    peer = build("tf_keras", workload, 1)
+    publisher = exchange.Publisher(peer, exchange.group_dir(d, 1))
+    publisher.publish(0)
+    model = tf_codistill.CodistillModel(
+        build("tf_keras", workload, 0), group_index=0, num_groups=2, exchange_dir=d,
+        burn_in_steps=0, exchange_every_n_steps=50,
+    )
+    model.compile(keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reload_s = []
+    for step in range(1, 12):
+        publisher.publish(step)
+        start = time.perf_counter()
+        (outcome,) = model.reload_teachers()
+        reload_s.append(time.perf_counter() - start)
+        assert outcome.status == "loaded", outcome
+    timer = step_timer(keras.callbacks.Callback)
+
+    class PeerPublishes(keras.callbacks.Callback):
+        """The peer publishes just before each exchange (its time is not counted)."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if (step + 1) % 50 == 0:
+                start = time.perf_counter()
+                publisher.publish(10**6 + step)
+                timer.excluded += time.perf_counter() - start
+
+    dataset = data(workload)
+    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
+    timer.times.clear()
+    model.fit(dataset, epochs=1, steps_per_epoch=run_steps, verbose=0,
+              callbacks=[timer, PeerPublishes()])
+    times = np.asarray(timer.times)
+    loads = model.reload_counts[1]["loaded"]
+    return {
+        "reload_ms_median": 1e3 * statistics.median(reload_s[1:]),
+        "parameters": int(sum(np.prod(w.shape) for w in model.student.weights)),
+        "run_steps": run_steps,
+        "reloads_in_run": loads,
+        "p50_ms": 1e3 * float(np.percentile(times, 50)),
+        "p99_ms": 1e3 * float(np.percentile(times, 99)),
+        "max_ms": 1e3 * float(times.max()),
+        "p99_over_p50": float(np.percentile(times, 99) / np.percentile(times, 50)),
+    }
+
+
+def machine():
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
+            "tensorflow": tf.__version__, "python": platform.python_version()}
+
+
+def markdown(results):
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "## Step cost of codistillation (`benchmarks/step_cost.py`)",
+        "",
+        f"Machine: {m['cores']} CPU cores ({m['cpu']}), {m['gpus']} GPUs; TensorFlow "
+        f"{m['tensorflow']}, Python {m['python']}. Measured {results['date']} with "
+        f"`python benchmarks/step_cost.py {results['args']}`.",
+        "",
+        "Median step time of `plain` (tf_keras `student.fit`), and each variant's step time as a",
+        "ratio to `plain` (median over the interleaved repeats of the within-repeat ratio):",
+        "",
+        "| workload | plain step | codistill, 1 peer | codistill, 3 peers | Keras 3 Distiller (1 teacher) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for workload, r in results["step_cost"].items():
+        ratio = r["ratio_to_plain"]
+        lines.append(
+            f"| {workload} | {r['median_step_ms']['plain']:.2f} ms | {ratio['codistill-1']:.3f}x | "
+            f"{ratio['codistill-3']:.3f}x | {ratio['distiller']:.3f}x |"
+        )
+    lines += ["", "Teacher reloads (one peer, from a checkpoint on local disk):", "",
+              "| workload | parameters | one reload (median) | steps | reloads | p50 step | p99 step | p99 / p50 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for workload, r in results["reloads"].items():
+        lines.append(
+            f"| {workload} | {r['parameters']:,} | {r['reload_ms_median']:.1f} ms | {r['run_steps']} | "
+            f"{r['reloads_in_run']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
+            f"{r['p99_over_p50']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+               "args": " ".join(sys.argv[1:]), "step_cost": {}, "reloads": {}}
+    for workload in FLAGS.workloads:
+        steps = FLAGS.mlp_steps if workload == "mlp" else FLAGS.lstm_steps
+        print(f"[{workload}] timing 4 variants x {FLAGS.repeats} epochs of {steps} steps", flush=True)
+        results["step_cost"][workload] = time_variants(workload, steps, FLAGS.repeats)
+        print(json.dumps(results["step_cost"][workload]["ratio_to_plain"]), flush=True)
+        run_steps = FLAGS.reload_run_steps if workload == "mlp" else FLAGS.reload_run_steps // 4
+        print(f"[{workload}] reloads: {run_steps} steps, one reload every 50", flush=True)
+        results["reloads"][workload] = time_reloads(workload, run_steps)
+        print(json.dumps(results["reloads"][workload]), flush=True)
+    text = markdown(results)
+    print(text)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if FLAGS.markdown:
+        with open(FLAGS.markdown, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
