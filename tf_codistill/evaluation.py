@@ -209,8 +209,10 @@ class RunConfig:
       gin_bindings: extra bindings, applied last.
 
     Raises:
-      gin_utils.GinConfigError: a file is missing or does not parse, or a
-        required value (`model_fn`, an input function) is not bound.
+      gin_utils.GinConfigError: a file is missing or does not parse, or it
+        sets no batch size. (A missing `model_fn`, input function or loss is
+        reported by the method that needs it, as an `EvaluationError`: the
+        churn tool reads only the data from a config.)
     """
 
     def __init__(self, gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
