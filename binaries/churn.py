@@ -42,11 +42,19 @@ flags.DEFINE_enum(
     "from the output shape (one output: sigmoid).",
 )
 flags.DEFINE_multi_string(
-    "gin_file", [], "Extra gin files for the runs' configs, or the data config for .keras models."
+    "gin_file",
+    [],
+    "Extra gin files for the runs' configs, or the data config for .keras models.",
+    allow_override=True,
 )
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, applied last.")
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Extra gin bindings, applied last.", allow_override=True
+)
 flags.DEFINE_string("output_json", None, "Also write the report here as JSON.")
 
+# Flags that other binaries define too (root_dir, gin_file, ...) allow an
+# override: a program loads one binary, but tests load several into one
+# process, where absl would otherwise refuse the second definition.
 FLAGS = flags.FLAGS
 
 

@@ -29,7 +29,9 @@ from absl import logging  # noqa: E402
 if __package__ in (None, ""):  # Run as a script from a source checkout.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-flags.DEFINE_string("root_dir", None, "Directory of the run (holds group_<i>/).")
+flags.DEFINE_string(
+    "root_dir", None, "Directory of the run (holds group_<i>/).", allow_override=True
+)
 flags.DEFINE_multi_integer("group", [], "Group(s) to evaluate; default: every group of the run.")
 flags.DEFINE_enum(
     "mode",
@@ -47,18 +49,28 @@ flags.DEFINE_enum(
     "auto decides from the run's distill_loss (or the output shape).",
 )
 flags.DEFINE_float(
-    "timeout_s", 3600, "Sidecar: stop when no new checkpoint came for this many seconds."
+    "timeout_s",
+    3600,
+    "Sidecar: stop when no new checkpoint came for this many seconds.",
+    allow_override=True,
 )
 flags.DEFINE_float("poll_interval_s", 10, "Sidecar: seconds between looks for a new checkpoint.")
 flags.DEFINE_integer(
     "final_step", None, "Sidecar: stop after evaluating this step; default: the run's train_steps."
 )
 flags.DEFINE_integer("max_attempts", 3, "Sidecar: failed reads of a checkpoint before skipping it.")
-flags.DEFINE_multi_string("gin_file", [], "Extra gin files, applied after the run's config.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, applied last.")
+flags.DEFINE_multi_string(
+    "gin_file", [], "Extra gin files, applied after the run's config.", allow_override=True
+)
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Extra gin bindings, applied last.", allow_override=True
+)
 flags.DEFINE_string("output_dir", None, "Where results go; default: <root_dir>/eval.")
 flags.mark_flag_as_required("root_dir")
 
+# Flags that other binaries define too (root_dir, gin_file, ...) allow an
+# override: a program loads one binary, but tests load several into one
+# process, where absl would otherwise refuse the second definition.
 FLAGS = flags.FLAGS
 
 
