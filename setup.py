@@ -52,6 +52,8 @@ setup(
         "console_scripts": [
             "tf-codistill-train=tf_codistill_binaries.train:run",
             "tf-codistill-launch-local=tf_codistill_binaries.launch_local:run",
+            "tf-codistill-evaluate=tf_codistill_binaries.evaluate:run",
+            "tf-codistill-churn=tf_codistill_binaries.churn:run",
         ]
     },
 )

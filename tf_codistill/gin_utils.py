@@ -12,10 +12,12 @@ registers the tf_keras classes a config needs under the names `keras.*`:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 from typing import Optional
 
 import gin
@@ -26,6 +28,7 @@ __all__ = [
     "GinConfigError",
     "gin_search_paths",
     "parse",
+    "query",
     "register_keras",
     "resolve_gin_file",
     "write_operative_config",
@@ -171,6 +174,46 @@ def parse(
             raise GinConfigError(f"in --gin_bindings={binding!r}: {_first_line(e)}") from e
     if finalize:
         gin.finalize()
+
+
+_REQUIRED = object()
+
+
+def query(binding_key: str, default: Any = _REQUIRED) -> Any:
+    """The value bound to `binding_key`, with references resolved as gin would.
+
+    `gin.query_parameter` returns `@name` references as `ConfigurableReference`
+    objects; this resolves them the way gin does when it calls the
+    configurable (gin deep-copies the bound value, and a reference's deep copy
+    is its target): `@f` becomes the configurable `f` itself and `@f()` a new
+    result of calling `f` now. References nested in lists, tuples and dicts
+    are resolved too. A configurable obtained from `@f` reads *its own*
+    bindings when it is called, so call it while this config is still the
+    active one.
+
+    Args:
+      binding_key: `module.configurable.parameter`, e.g.
+        `tf_codistill.train_lib.train_group.model_fn`.
+      default: returned when nothing is bound to `binding_key` (gin does not
+        record a configurable's defaults as bindings unless they were used).
+
+    Returns:
+      The resolved value.
+
+    Raises:
+      GinConfigError: nothing is bound and no default was given, or the value
+        names a configurable that is not registered.
+    """
+    try:
+        value = gin.query_parameter(binding_key)
+    except ValueError as e:
+        if default is not _REQUIRED:
+            return default
+        raise GinConfigError(f"{binding_key} is not set: {_first_line(e)}") from e
+    try:
+        return copy.deepcopy(value)
+    except Exception as e:  # noqa: BLE001  An unknown @reference, or its call failing.
+        raise GinConfigError(f"cannot resolve {binding_key} = {value!r}: {_first_line(e)}") from e
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,139 @@
+r"""Evaluates a run's published checkpoints on its evaluation data.
+
+The model, data, loss and metrics come from each group's
+operative_config.gin (extra --gin_file/--gin_bindings override them); flags
+say what to evaluate and where the results go:
+
+  # the latest checkpoint of every group of the run
+  python binaries/evaluate.py --root_dir=/tmp/run1
+  # every kept checkpoint of group 0
+  python binaries/evaluate.py --root_dir=/tmp/run1 --group=0 --mode=all
+  # next to a training group: each new checkpoint, until the run's last step
+  python binaries/evaluate.py --root_dir=/tmp/run1 --group=0 --mode=sidecar
+  # the ensemble of groups 0 and 1 (averaged probabilities)
+  python binaries/evaluate.py --root_dir=/tmp/run1 --group=0 --group=1 --ensemble
+
+Results: <output_dir>/eval_<name>.json and <output_dir>/tensorboard/<name>/,
+with <output_dir> defaulting to <root_dir>/eval (docs/evaluation.md).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+if __package__ in (None, ""):  # Run as a script from a source checkout.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_string(
+    "root_dir", None, "Directory of the run (holds group_<i>/).", allow_override=True
+)
+flags.DEFINE_multi_integer("group", [], "Group(s) to evaluate; default: every group of the run.")
+flags.DEFINE_enum(
+    "mode",
+    "latest",
+    ["latest", "all", "sidecar"],
+    "latest: the latest checkpoint; all: every kept checkpoint; sidecar: wait for new "
+    "checkpoints while the group trains.",
+)
+flags.DEFINE_bool("ensemble", False, "Evaluate the ensemble of the groups' latest checkpoints.")
+flags.DEFINE_enum(
+    "ensemble_head",
+    "auto",
+    ["auto", "softmax", "sigmoid"],
+    "How --ensemble averages: softmax probabilities or per-label sigmoid probabilities; "
+    "auto decides from the run's distill_loss (or the output shape).",
+)
+flags.DEFINE_float(
+    "timeout_s",
+    3600,
+    "Sidecar: stop when no new checkpoint came for this many seconds.",
+    allow_override=True,
+)
+flags.DEFINE_float("poll_interval_s", 10, "Sidecar: seconds between looks for a new checkpoint.")
+flags.DEFINE_integer(
+    "final_step", None, "Sidecar: stop after evaluating this step; default: the run's train_steps."
+)
+flags.DEFINE_integer("max_attempts", 3, "Sidecar: failed reads of a checkpoint before skipping it.")
+flags.DEFINE_multi_string(
+    "gin_file", [], "Extra gin files, applied after the run's config.", allow_override=True
+)
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Extra gin bindings, applied last.", allow_override=True
+)
+flags.DEFINE_string("output_dir", None, "Where results go; default: <root_dir>/eval.")
+flags.mark_flag_as_required("root_dir")
+
+# Flags that other binaries define too (root_dir, gin_file, ...) allow an
+# override: a program loads one binary, but tests load several into one
+# process, where absl would otherwise refuse the second definition.
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from tf_codistill import evaluation
+
+    tf.get_logger().setLevel("WARNING")
+
+    try:
+        groups = list(FLAGS.group) or evaluation.find_groups(FLAGS.root_dir)
+        if not groups:
+            raise ValueError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
+        if FLAGS.ensemble and FLAGS.mode != "latest":
+            raise ValueError("--ensemble evaluates the latest checkpoints; use --mode=latest")
+        if FLAGS.mode == "sidecar" and len(groups) != 1:
+            raise ValueError(f"--mode=sidecar follows one group; got groups {groups}")
+        wait_s = FLAGS.timeout_s if FLAGS.mode == "sidecar" else 0.0
+        runs = [
+            evaluation.load_group(
+                FLAGS.root_dir,
+                g,
+                FLAGS.gin_file,
+                FLAGS.gin_bindings,
+                wait_s=wait_s,
+                poll_interval_s=FLAGS.poll_interval_s,
+            )
+            for g in groups
+        ]
+        if FLAGS.ensemble:
+            evaluation.evaluate_ensemble(runs, FLAGS.output_dir, FLAGS.ensemble_head)
+            return
+        for run in runs:
+            evaluator = evaluation.GroupEvaluator(run, FLAGS.output_dir)
+            try:
+                if FLAGS.mode == "latest":
+                    evaluator.latest()
+                elif FLAGS.mode == "all":
+                    evaluator.all()
+                else:
+                    final_step = FLAGS.final_step
+                    if final_step is None:
+                        final_step = run.config.train_steps
+                    evaluator.sidecar(
+                        final_step=final_step,
+                        timeout_s=FLAGS.timeout_s,
+                        poll_interval_s=FLAGS.poll_interval_s,
+                        max_attempts=FLAGS.max_attempts,
+                    )
+            finally:
+                evaluator.close()
+            logging.info("%s: results in %s", run.name, evaluator.results.path)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
+        # A mistake in what to evaluate: one clear line, not a stack trace.
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(f"evaluate.py: {e}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
