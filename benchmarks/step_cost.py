@@ -182,9 +182,11 @@ def time_variants(workload, steps, repeats):
         n: statistics.median(m / p for m, p in zip(medians[n], medians["plain"], strict=True))
         for n in names
     }
-    return {"median_step_ms": {n: 1e3 * statistics.median(m) for n, m in medians.items()},
-            "per_repeat_ms": {n: [1e3 * t for t in m] for n, m in medians.items()},
-            "ratio_to_plain": ratios}
+    return {
+        "median_step_ms": {n: 1e3 * statistics.median(m) for n, m in medians.items()},
+        "per_repeat_ms": {n: [1e3 * t for t in m] for n, m in medians.items()},
+        "ratio_to_plain": ratios,
+    }
 
 
 def time_reloads(workload, run_steps):
@@ -199,11 +201,17 @@ def time_reloads(workload, run_steps):
     publisher = exchange.Publisher(peer, exchange.group_dir(d, 1))
     publisher.publish(0)
     model = tf_codistill.CodistillModel(
-        build("tf_keras", workload, 0), group_index=0, num_groups=2, exchange_dir=d,
-        burn_in_steps=0, exchange_every_n_steps=50,
+        build("tf_keras", workload, 0),
+        group_index=0,
+        num_groups=2,
+        exchange_dir=d,
+        burn_in_steps=0,
+        exchange_every_n_steps=50,
     )
-    model.compile(keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     reload_s = []
     for step in range(1, 12):
         publisher.publish(step)
@@ -226,8 +234,9 @@ def time_reloads(workload, run_steps):
     dataset = data(workload)
     model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
     timer.times.clear()
-    model.fit(dataset, epochs=1, steps_per_epoch=run_steps, verbose=0,
-              callbacks=[timer, PeerPublishes()])
+    model.fit(
+        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
+    )
     times = np.asarray(timer.times)
     loads = model.reload_counts[1]["loaded"]
     return {
@@ -251,8 +260,13 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
-            "tensorflow": tf.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def markdown(results):
@@ -269,7 +283,8 @@ def markdown(results):
         "Median step time of `plain` (tf_keras `student.fit`), and each variant's step time as a",
         "ratio to `plain` (median over the interleaved repeats of the within-repeat ratio):",
         "",
-        "| workload | plain step | codistill, 1 peer | codistill, 3 peers | Keras 3 Distiller (1 teacher) |",
+        "| workload | plain step | codistill, 1 peer | codistill, 3 peers "
+        "| Keras 3 Distiller (1 teacher) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for workload, r in results["step_cost"].items():
@@ -278,12 +293,18 @@ def markdown(results):
             f"| {workload} | {r['median_step_ms']['plain']:.2f} ms | {ratio['codistill-1']:.3f}x | "
             f"{ratio['codistill-3']:.3f}x | {ratio['distiller']:.3f}x |"
         )
-    lines += ["", "Teacher reloads (one peer, from a checkpoint on local disk):", "",
-              "| workload | parameters | one reload (median) | steps | reloads | p50 step | p99 step | p99 / p50 |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Teacher reloads (one peer, from a checkpoint on local disk):",
+        "",
+        "| workload | parameters | one reload (median) | steps | reloads "
+        "| p50 step | p99 step | p99 / p50 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for workload, r in results["reloads"].items():
         lines.append(
-            f"| {workload} | {r['parameters']:,} | {r['reload_ms_median']:.1f} ms | {r['run_steps']} | "
+            f"| {workload} | {r['parameters']:,} | {r['reload_ms_median']:.1f} ms "
+            f"| {r['run_steps']} | "
             f"{r['reloads_in_run']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
             f"{r['p99_over_p50']:.2f} |"
         )
@@ -292,11 +313,18 @@ def markdown(results):
 
 def main(argv):
     del argv
-    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-               "args": " ".join(sys.argv[1:]), "step_cost": {}, "reloads": {}}
+    results = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "args": " ".join(sys.argv[1:]),
+        "step_cost": {},
+        "reloads": {},
+    }
     for workload in FLAGS.workloads:
         steps = FLAGS.mlp_steps if workload == "mlp" else FLAGS.lstm_steps
-        print(f"[{workload}] timing 4 variants x {FLAGS.repeats} epochs of {steps} steps", flush=True)
+        print(
+            f"[{workload}] timing 4 variants x {FLAGS.repeats} epochs of {steps} steps", flush=True
+        )
         results["step_cost"][workload] = time_variants(workload, steps, FLAGS.repeats)
         print(json.dumps(results["step_cost"][workload]["ratio_to_plain"]), flush=True)
         run_steps = FLAGS.reload_run_steps if workload == "mlp" else FLAGS.reload_run_steps // 4

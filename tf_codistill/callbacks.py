@@ -64,8 +64,12 @@ class ExchangeCallback(_StepCounting):
 
     At the start of training it loads the peers' latest checkpoints (so a
     restarted group has teachers at once); then whenever the step count
-    crosses a multiple of `every_n_steps` it publishes the student and reloads
-    the teachers; at the end of training it publishes the final student.
+    crosses a multiple of `every_n_steps` it publishes the student; at the end
+    of training it publishes the final student. Teachers are reloaded at the
+    same boundaries (multi-worker groups, whose workers must agree on each
+    checkpoint), or, with the model's `background_reload`, read on a
+    background thread as soon as a peer publishes (looked for ten times per
+    interval) and switched to between two steps.
     `CodistillModel.fit` adds one by itself; pass your own to change the
     interval.
 
@@ -130,12 +134,19 @@ class ExchangeCallback(_StepCounting):
             )
 
     def on_steps(self, previous_step, logs):
-        if self.crossed(previous_step, self.step, self.every_n_steps):
+        n = self.every_n_steps
+        if self.crossed(previous_step, self.step, n):
             self._read_step()  # Exact, once per exchange.
             self.model.publish()
-            self.model.reload_teachers()
+            if not self.model.background_reload:
+                self.model.reload_teachers()
+        if self.model.background_reload and self.crossed(previous_step, self.step, max(1, n // 10)):
+            # Looks for new peer checkpoints ten times per exchange interval;
+            # reading them happens on a background thread.
+            self.model.prefetch_teachers()
 
     def on_train_end(self, logs=None):
+        self.model.wait_for_prefetch()
         self.model.publish()
 
 

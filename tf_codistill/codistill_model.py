@@ -16,9 +16,11 @@ which `fit` adds by itself.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -132,6 +134,13 @@ class CodistillModel(keras.Model):
         advised so that readers do not race the cleanup).
       max_staleness_steps: if set, a teacher older than this many steps is left
         out of the average until its peer publishes again.
+      background_reload: read peers' new checkpoints on a background thread
+        into a second copy of each teacher and switch to it between two steps,
+        so that a reload costs the train loop almost nothing (and a teacher is
+        used soon after its peer publishes, not only at the next exchange).
+        Doubles the teachers' memory. None (default) turns it on for
+        single-process groups; multi-worker groups reload synchronously, with
+        the workers agreeing on each checkpoint.
       **kwargs: passed to `tf_keras.Model`, e.g. `name`.
 
     Raises:
@@ -153,6 +162,7 @@ class CodistillModel(keras.Model):
         teacher_builder: Optional[Callable[[], keras.Model]] = None,
         max_checkpoints_to_keep: int = 5,
         max_staleness_steps: Optional[int] = None,
+        background_reload: Optional[bool] = None,
         **kwargs,
     ):
         kwargs.setdefault("name", "codistill")
@@ -208,7 +218,30 @@ class CodistillModel(keras.Model):
 
         self.student = student
         builder = self._resolve_builder(student, teacher_builder)
+        strategy = tf.distribute.get_strategy()
+        if background_reload is None:
+            background_reload = distribute.num_workers(strategy) == 1
+        elif background_reload and distribute.num_workers(strategy) > 1:
+            raise ValueError(
+                "background_reload=True needs a single-process group: the workers of a "
+                "multi-worker group must agree on every teacher checkpoint, which they do "
+                "between steps (leave background_reload unset or False)"
+            )
+        self._background_reload = bool(background_reload) and bool(self._peer_indices)
         self._teachers = [self._make_teacher(builder, j) for j in self._peer_indices]
+        # With background reloads each peer has two teacher buffers: the step
+        # reads the active one while the other is being written.
+        self._spare_teachers = (
+            [self._make_teacher(builder, j, "_b") for j in self._peer_indices]
+            if self._background_reload
+            else []
+        )
+        self._active_buffer = tf.Variable(
+            tf.zeros([len(self._peer_indices)], tf.int32),
+            trainable=False,
+            name="active_teacher_buffer",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
         self._teacher_steps = tf.Variable(
             tf.fill([len(self._peer_indices)], tf.constant(-1, tf.int64)),
             trainable=False,
@@ -264,6 +297,9 @@ class CodistillModel(keras.Model):
         self._loaders: list[exchange.TeacherLoader] = []
         self._last_status = {j: None for j in self._peer_indices}
         self.reload_counts = {j: {"loaded": 0, "failed": 0} for j in self._peer_indices}
+        self._prefetch: Optional[concurrent.futures.Future] = None
+        self._host_mirror: Optional[tuple] = None
+        self._failed_steps: dict = {}
         if not self._peer_indices:
             return
 
@@ -274,15 +310,12 @@ class CodistillModel(keras.Model):
 
         # One staging copy serves all peers: they are loaded one after another.
         staging, signature = exchange.outside_strategy(make_staging)
+        lock = threading.Lock()
         self._loaders = [
             exchange.TeacherLoader(
-                j,
-                exchange.group_dir(self._exchange_dir, j),
-                teacher,
-                staging,
-                signature,
+                j, exchange.group_dir(self._exchange_dir, j), staging, signature, lock
             )
-            for j, teacher in zip(self._peer_indices, self._teachers, strict=True)
+            for j in self._peer_indices
         ]
 
     # ------------------------------------------------------------------
@@ -312,7 +345,7 @@ class CodistillModel(keras.Model):
             "same architecture>"
         )
 
-    def _make_teacher(self, builder, peer: int) -> keras.Model:
+    def _make_teacher(self, builder, peer: int, suffix: str = "") -> keras.Model:
         teacher = builder()
         if not isinstance(teacher, keras.Model):
             raise TypeError(f"teacher_builder must return a tf_keras.Model, got {type(teacher)}")
@@ -327,7 +360,7 @@ class CodistillModel(keras.Model):
                 f"{teacher_shapes} vs {student_shapes}"
             )
         teacher.trainable = False
-        teacher._name = f"teacher_{peer}"  # pylint: disable=protected-access
+        teacher._name = f"teacher_{peer}{suffix}"  # pylint: disable=protected-access
         return teacher
 
     # ------------------------------------------------------------------
@@ -355,12 +388,20 @@ class CodistillModel(keras.Model):
 
     @property
     def teachers(self) -> tuple:
-        """The frozen teacher models, in the order of `peer_indices`."""
-        return tuple(self._teachers)
+        """The frozen teacher models in use, in the order of `peer_indices`."""
+        active = self._active_buffer.numpy()
+        return tuple(self._buffer(k, int(active[k])) for k in range(len(self._teachers)))
+
+    @property
+    def background_reload(self) -> bool:
+        return self._background_reload
+
+    def _buffer(self, k: int, index: int) -> keras.Model:
+        return self._spare_teachers[k] if index == 1 else self._teachers[k]
 
     @property
     def teacher_steps(self) -> np.ndarray:
-        """Step of the checkpoint in each teacher (-1: none loaded yet)."""
+        """Step of the checkpoint in each teacher in use (-1: none loaded yet)."""
         return self._teacher_steps.numpy()
 
     @property
@@ -429,11 +470,11 @@ class CodistillModel(keras.Model):
 
         def compute():
             teacher_logits = []
-            for j, teacher in enumerate(self._teachers):
+            for j in range(len(self._teachers)):
                 teacher_logits.append(
                     tf.cond(
                         peer_weights[j] > 0,
-                        lambda t=teacher: tf.cast(t(x, training=False), y_pred.dtype),
+                        lambda j=j: tf.cast(self._run_teacher(j, x), y_pred.dtype),
                         lambda: tf.zeros_like(y_pred),
                     )
                 )
@@ -445,6 +486,16 @@ class CodistillModel(keras.Model):
             return tf.zeros(tf.shape(y_pred), tf.float32), tf.zeros(point_shape, tf.float32)
 
         return tf.cond(active, compute, skip)
+
+    def _run_teacher(self, k: int, x):
+        """Peer k's teacher in use (the active buffer) on `x`, in inference mode."""
+        if not self._spare_teachers:
+            return self._teachers[k](x, training=False)
+        return tf.cond(
+            self._active_buffer[k] == 0,
+            lambda: self._teachers[k](x, training=False),
+            lambda: self._spare_teachers[k](x, training=False),
+        )
 
     def _distill_per_example(self, targets, y_pred, weights, active):
         """psi per example `[batch]` against precomputed targets; zeros when not active."""
@@ -603,7 +654,7 @@ class CodistillModel(keras.Model):
         return path
 
     def reload_teachers(self) -> list[ReloadOutcome]:
-        """Restores each peer's latest checkpoint into its teacher.
+        """Restores each peer's latest checkpoint into its teacher, now.
 
         Never raises for a peer's sake: a peer without a checkpoint is left
         out, and a checkpoint that cannot be used (missing, truncated, deleted
@@ -618,17 +669,19 @@ class CodistillModel(keras.Model):
         """
         if not self._loaders:
             return []
+        self.wait_for_prefetch()
         strategy = self._strategy_for_exchange
         own_step = self._own_step()
         found, find_errors = [], {}
         for loader in self._loaders:
             try:
-                found.append(loader.latest())
+                found.append(exchange.outside_strategy(loader.latest))
             except exchange.PeerCheckpointError as e:
                 found.append(None)
                 find_errors[loader.peer_index] = str(e)
         agreed = distribute.agree_min([-1 if r is None else r.step for r in found], strategy)
-        loaded_steps = self._teacher_steps.numpy().copy()
+        # Read afresh: a restore (BackupAndRestore) may have changed them.
+        active_buffers, loaded_steps = (a.copy() for a in self._host_state(refresh=True))
         outcomes = []
         for k, loader in enumerate(self._loaders):
             peer, step = loader.peer_index, int(agreed[k])
@@ -641,37 +694,129 @@ class CodistillModel(keras.Model):
                 outcomes.append(ReloadOutcome(peer, "unchanged", step, own_step - step))
                 continue
             start = time.perf_counter()
-            reason = ""
-            try:
-                stored_step = loader.stage(
-                    exchange.CheckpointRef(exchange.checkpoint_prefix(loader.directory, step), step)
-                )
-                if stored_step != step:
-                    raise exchange.PeerCheckpointError(
-                        f"ckpt-{step} holds step {stored_step}, not {step}"
-                    )
-            except exchange.PeerCheckpointError as e:
-                reason = str(e)
-            all_ok = distribute.agree_min([0 if reason else 1], strategy)[0] == 1
+            ref = exchange.CheckpointRef(exchange.checkpoint_prefix(loader.directory, step), step)
+            with loader.lock:
+                reason = ""
+                try:
+                    exchange.outside_strategy(loader.stage, ref)
+                except exchange.PeerCheckpointError as e:
+                    reason = str(e)
+                all_ok = distribute.agree_min([0 if reason else 1], strategy)[0] == 1
+                if all_ok:
+                    # Written into the buffer not in use, then switched to.
+                    spare = 1 - int(active_buffers[k]) if self._spare_teachers else 0
+                    with strategy.scope():
+                        loader.write(self._buffer(k, spare))
+                    self._switch(k, spare, step)
             if all_ok:
-                with strategy.scope():
-                    loader.commit()
                 loaded_steps[k] = step
                 outcomes.append(
                     ReloadOutcome(
-                        peer,
-                        "loaded",
-                        step,
-                        own_step - step,
-                        seconds=time.perf_counter() - start,
+                        peer, "loaded", step, own_step - step, seconds=time.perf_counter() - start
                     )
                 )
             else:
-                loader.discard()
                 reason = reason or "another worker of this group could not read it"
                 outcomes.append(ReloadOutcome(peer, "failed", step, own_step - step, reason=reason))
-        with strategy.scope():
-            self._teacher_steps.assign(loaded_steps)
+        self._log_outcomes(outcomes)
+        return outcomes
+
+    def _switch(self, k: int, buffer: int, step: int) -> None:
+        """Makes `buffer` peer k's teacher in use, holding checkpoint `step`."""
+        active, steps = self._host_state()
+        active, steps = active.copy(), steps.copy()
+        active[k], steps[k] = buffer, step
+        self._host_mirror = (active, steps)
+        with self._strategy_for_exchange.scope():
+            if self._spare_teachers:
+                self._active_buffer.assign(
+                    tf.tensor_scatter_nd_update(self._active_buffer, [[k]], [buffer])
+                )
+            self._teacher_steps.assign(
+                tf.tensor_scatter_nd_update(self._teacher_steps, [[k]], [step])
+            )
+
+    # Background reloads (single-process groups).
+
+    def prefetch_teachers(self) -> list[ReloadOutcome]:
+        """Switches to teachers read in the background, and starts the next read.
+
+        Cheap enough to call after every step: it only looks at a finished
+        background job (switching a teacher is two scalar assignments) and,
+        when none is running, starts one that looks for each peer's newer
+        checkpoint and writes it into that peer's spare teacher buffer.
+
+        Returns:
+          The outcomes of the background job that finished since the last
+          call (loaded or failed peers), empty otherwise.
+        """
+        if not self._background_reload:
+            return []
+        outcomes = []
+        if self._prefetch is not None and self._prefetch.done():
+            outcomes = self._harvest(self._prefetch)
+            self._prefetch = None
+        if self._prefetch is None:
+            # Host copies: no device read per call (a sync point on GPU/TPU).
+            active, steps = self._host_state()
+            self._prefetch = _prefetch_executor().submit(
+                self._prefetch_job, active.copy(), steps.copy()
+            )
+        return outcomes
+
+    def _host_state(self, refresh: bool = False) -> tuple:
+        """(active buffer, teacher steps) per peer, as numpy, cached on the host."""
+        if refresh or self._host_mirror is None:
+            self._host_mirror = (self._active_buffer.numpy(), self._teacher_steps.numpy())
+        return self._host_mirror
+
+    def wait_for_prefetch(self) -> list[ReloadOutcome]:
+        """Finishes a running background read and switches to what it read."""
+        if self._prefetch is None:
+            return []
+        outcomes = self._harvest(self._prefetch)
+        self._prefetch = None
+        return outcomes
+
+    def _prefetch_job(self, active: np.ndarray, steps: np.ndarray) -> list:
+        """Background thread: newer peer checkpoints -> spare teacher buffers."""
+        results = []
+        for k, loader in enumerate(self._loaders):
+            start = time.perf_counter()
+            try:
+                ref = loader.latest()
+            except exchange.PeerCheckpointError as e:
+                results.append((k, -1, str(e), 0.0))
+                continue
+            if ref is None or ref.step in (steps[k], self._failed_steps.get(k)):
+                continue
+            with loader.lock:
+                try:
+                    loader.stage(ref)
+                except exchange.PeerCheckpointError as e:
+                    results.append((k, ref.step, str(e), time.perf_counter() - start))
+                    continue
+                with self._strategy_for_exchange.scope():
+                    loader.write(self._buffer(k, 1 - int(active[k])))
+            results.append((k, ref.step, "", time.perf_counter() - start))
+        return results
+
+    def _harvest(self, future: concurrent.futures.Future) -> list[ReloadOutcome]:
+        own_step = self._own_step()
+        outcomes = []
+        for k, step, reason, seconds in future.result():
+            peer = self._peer_indices[k]
+            if reason:
+                if step >= 0:
+                    self._failed_steps[k] = step  # Not retried; the peer will publish anew.
+                outcomes.append(
+                    ReloadOutcome(
+                        peer, "failed", step, own_step - step if step >= 0 else None, reason=reason
+                    )
+                )
+                continue
+            self._switch(k, 1 - int(self._host_state()[0][k]), step)
+            outcomes.append(ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds))
         self._log_outcomes(outcomes)
         return outcomes
 
@@ -732,6 +877,19 @@ class CodistillModel(keras.Model):
             "`model.student.save(...)` to export the served model, and use "
             "keras.callbacks.BackupAndRestore or `model.save_weights(...)` for training state"
         )
+
+
+_PREFETCH_EXECUTOR: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _prefetch_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One background thread for teacher reads (a thread is outside any strategy scope)."""
+    global _PREFETCH_EXECUTOR
+    if _PREFETCH_EXECUTOR is None:
+        _PREFETCH_EXECUTOR = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tf_codistill_prefetch"
+        )
+    return _PREFETCH_EXECUTOR
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -15,7 +15,15 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "make_strategy", "is_chief", "num_workers", "worker_index", "agree_min"]
+__all__ = [
+    "STRATEGIES",
+    "make_strategy",
+    "is_default",
+    "is_chief",
+    "num_workers",
+    "worker_index",
+    "agree_min",
+]
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -57,6 +65,11 @@ def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distri
 
 def _cluster_resolver(strategy: tf.distribute.Strategy):
     return getattr(strategy, "cluster_resolver", None)
+
+
+def is_default(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` is TensorFlow's default (no distribution) strategy."""
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
 def num_workers(strategy: Optional[tf.distribute.Strategy] = None) -> int:

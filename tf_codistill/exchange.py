@@ -339,60 +339,50 @@ class Publisher:
 
 
 class TeacherLoader:
-    """Loads one peer's checkpoints into its teacher, through a staging copy.
+    """Reads one peer's checkpoints for its teacher, through a staging copy.
+
+    `stage` validates a checkpoint and restores it into the staging copy;
+    `write` then copies the staged values into a teacher. The caller decides
+    which teacher (the active one, or an inactive buffer) and on which thread.
 
     Args:
       peer_index: the peer group.
       directory: the peer's `group_dir`.
-      teacher: the frozen teacher model (may hold distributed variables).
-      staging: a model of the same architecture with plain host variables,
-        built outside any strategy (see `outside_strategy`).
+      staging: a model of the teacher's architecture with plain host
+        variables, built outside any strategy (see `outside_strategy`); one
+        staging copy may serve several loaders, one at a time (`lock`).
       signature: `ModelSignature.of_model(staging)`.
+      lock: held while the staging copy is in use.
     """
 
     def __init__(
         self,
         peer_index: int,
         directory: str,
-        teacher: tf.Module,
         staging: tf.Module,
         signature: ModelSignature,
+        lock: Optional[threading.Lock] = None,
     ):
         self.peer_index = peer_index
         self.directory = directory
-        self._teacher = teacher
-        self._staging = staging
+        self.staging = staging
         self._signature = signature
-        self._staged: Optional[CheckpointRef] = None
-        self.loaded: Optional[CheckpointRef] = None
-        teacher_shapes = [tuple(v.shape) for v in teacher.weights]
-        staging_shapes = [tuple(v.shape) for v in staging.weights]
-        if teacher_shapes != staging_shapes:
-            raise ValueError(
-                f"teacher and staging models for peer {peer_index} differ: "
-                f"{teacher_shapes} vs {staging_shapes}"
-            )
+        self.lock = lock or threading.Lock()
 
     def latest(self) -> Optional[CheckpointRef]:
         """The peer's latest published checkpoint, None if it has none yet."""
-        return outside_strategy(latest_checkpoint, self.directory)
+        return latest_checkpoint(self.directory)
 
     def stage(self, ref: CheckpointRef) -> int:
-        """Validates `ref` and restores it into the staging copy.
+        """Validates `ref` and restores it into the staging copy (hold `lock`).
 
         Returns:
-          The step stored in the checkpoint.
+          The step stored in the checkpoint; it must equal `ref.step`.
 
         Raises:
-          PeerCheckpointError: why the checkpoint cannot be used. The teacher
-            is never touched by this method.
+          PeerCheckpointError: why the checkpoint cannot be used. No teacher
+            is touched by this method.
         """
-        self._staged = None
-        step = outside_strategy(self._stage, ref)
-        self._staged = ref
-        return step
-
-    def _stage(self, ref: CheckpointRef) -> int:
         name = posixpath.basename(ref.prefix)
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
@@ -408,35 +398,29 @@ class TeacherLoader:
             # The signature check above guarantees every staging variable has
             # a value of the right shape in the checkpoint; other objects
             # (save_counter, a compiled student's optimizer) may be absent.
-            tf.train.Checkpoint(model=self._staging, step=step_var).restore(
+            tf.train.Checkpoint(model=self.staging, step=step_var).restore(
                 ref.prefix
             ).expect_partial()
         except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
             raise PeerCheckpointError(f"cannot restore {name}: {_reason(e)}") from e
-        for variable in self._staging.weights:
+        for variable in self.staging.weights:
             if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
                 raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
         step = int(step_var.numpy())
         if step < 0:
             raise PeerCheckpointError(f"{name} holds no 'step' (not written by tf_codistill?)")
+        if step != ref.step:
+            raise PeerCheckpointError(f"{name} holds step {step}, not {ref.step}")
         return step
 
-    def commit(self) -> CheckpointRef:
-        """Copies the staged weights into the teacher; call after `stage`.
+    def write(self, teacher: tf.Module) -> None:
+        """Copies the staged values into `teacher` (after a successful `stage`).
 
-        Runs on the calling thread so that, inside a strategy scope, the
-        assignment reaches every replica of the teacher's variables.
+        Inside a strategy scope the assignment reaches every replica of the
+        teacher's variables.
         """
-        if self._staged is None:
-            raise RuntimeError("commit() without a successful stage()")
-        for target, source in zip(self._teacher.weights, self._staging.weights, strict=True):
+        for target, source in zip(teacher.weights, self.staging.weights, strict=True):
             target.assign(source.read_value())
-        self.loaded, self._staged = self._staged, None
-        return self.loaded
-
-    def discard(self) -> None:
-        """Forgets a staged checkpoint without touching the teacher."""
-        self._staged = None
 
 
 def _reason(e: BaseException) -> str:

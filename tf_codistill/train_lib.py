@@ -102,7 +102,7 @@ def _input(
     return strategy.distribute_datasets_from_function(make)
 
 
-def _multi_worker_eval_steps(
+def _distributed_eval_steps(
     strategy: tf.distribute.Strategy,
     input_fn: Callable[[sharding.DataContext], tf.data.Dataset],
     global_batch_size: int,
@@ -111,14 +111,17 @@ def _multi_worker_eval_steps(
     data_split: str,
     data_seed: int,
 ) -> int:
-    """Evaluation batches every worker can run, for a multi-worker group.
+    """Evaluation steps for a group under a distribution strategy.
 
     Keras needs a step count to evaluate a distributed dataset, and the workers
-    must run the same number of steps (each evaluation step is a collective).
-    Each worker counts its own share (the dataset's cardinality, known for
-    sharded TFDS and in-memory data) and they take the minimum.
+    of a multi-worker group must run the same number of steps (each step is a
+    collective). Each worker counts its own batches (the dataset's
+    cardinality, known for sharded TFDS and in-memory data), divides by its
+    replicas (a step takes one batch per replica), and the workers take the
+    minimum.
     """
     workers = distribute.num_workers(strategy)
+    replicas_per_worker = max(1, strategy.num_replicas_in_sync // workers)
     context = sharding.DataContext(
         training=False,
         batch_size=max(1, global_batch_size // strategy.num_replicas_in_sync),
@@ -130,10 +133,10 @@ def _multi_worker_eval_steps(
         num_workers=workers,
     )
     local = int(input_fn(context).cardinality().numpy())
-    steps = int(distribute.agree_min([local], strategy)[0])
-    if steps <= 0:
+    steps = int(distribute.agree_min([local // replicas_per_worker], strategy)[0])
+    if local < 0 or steps <= 0:
         raise ValueError(
-            "a multi-worker group needs the number of evaluation batches: the evaluation "
+            "a distributed group needs the number of evaluation steps: the evaluation "
             f"dataset's size is unknown here (cardinality {local}); set "
             "tf_codistill.train_lib.train_group.eval_steps"
         )
@@ -308,8 +311,8 @@ def train_group(
         data_split,
         data_seed,
     )
-    if eval_steps is None and distribute.num_workers(strategy) > 1:
-        eval_steps = _multi_worker_eval_steps(
+    if eval_steps is None and not distribute.is_default(strategy):
+        eval_steps = _distributed_eval_steps(
             strategy,
             eval_input_fn or input_fn,
             eval_batch_size or global_batch_size,
@@ -318,7 +321,7 @@ def train_group(
             data_split,
             data_seed,
         )
-        logging.info("%s: %d evaluation batches per worker", prefix, eval_steps)
+        logging.info("%s: %d evaluation steps", prefix, eval_steps)
     if chief:
         gin_utils.write_operative_config(group_dir)
     history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
