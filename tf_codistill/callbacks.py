@@ -197,7 +197,9 @@ def current_learning_rate(optimizer) -> float:
     lr = optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         lr = lr(optimizer.iterations)
-    return float(np.asarray(lr))
+    # Not np.asarray: under MirroredStrategy the rate is a MirroredVariable,
+    # which NumPy cannot convert ("__array__ method not producing an array").
+    return float(tf.convert_to_tensor(lr))
 
 
 class SummaryWriter(_StepCounting):
