@@ -11,7 +11,10 @@ def test_constant_rate_of_a_mirrored_optimizer():
     # Under MirroredStrategy the rate is a MirroredVariable, which NumPy
     # cannot convert in the strategy's scope, where Keras runs callbacks
     # (every --strategy=mirrored run failed at its first summary).
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # (No collective all-reduce: it could clash with another test's strategy.)
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     with strategy.scope():
         optimizer = keras.optimizers.Adagrad(learning_rate=0.001)
         optimizer.build([tf.Variable([1.0])])

@@ -168,7 +168,12 @@ def test_criteo_tiny_trains_on_two_replicas(tmp_path):
             f"tf_codistill.datasets.criteo_input_fn.data_dir = '{tmp_path / 'tfds'}'",
         ],
     )
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Not the default collective all-reduce: a second MirroredStrategy over
+    # the same devices in one process (another test module has one) reuses
+    # its collective instance keys and fails with a shape mismatch.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     results = train_lib.train_group(str(tmp_path / "run"), 0, 2, strategy=strategy)
     assert results["steps"] == 20
     assert 0 < results["final"]["val_log_loss"] < 5
