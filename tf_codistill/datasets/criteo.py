@@ -29,11 +29,11 @@ Features (`preprocess`, applied by `criteo_input_fn` at read time, so the
 number of buckets can change without generating the data again):
 - counts: `log(1 + max(x, 0))` (a few features have small negative values;
   they become 0), missing -> 0, plus a 0/1 missing indicator per feature
-  (missing is common, e.g. I12 in most lines, and differs from a count of 0);
+  (several features are often missing, which is not the same as a count of 0);
 - categorical values: `tf.strings.to_hash_bucket_fast(value, num_buckets)`
-  (FarmHash Fingerprint64 modulo `num_buckets`: deterministic across runs,
-  machines and TF versions), one hash space per feature; a missing value is
-  hashed like any other string (""), so it has its own bucket;
+  (FarmHash Fingerprint64 modulo `num_buckets`, which TensorFlow documents
+  as never changing: the same buckets on every run and machine), one hash
+  space per feature; a missing value is hashed like any other string ("");
 - label: float32 `[1]`, matching the model's `[batch, 1]` logit.
 
 Malformed lines (a field count other than 40, a label other than 0/1, a count
