@@ -95,11 +95,14 @@ def load_binary(name: str):
     """Imports `binaries/<name>.py` as a module (its absl flags get defined).
 
     From a source checkout the file is found next to the package; from an
-    installed package, as `tf_codistill_binaries.<name>`.
+    installed package, as `tf_codistill_binaries.<name>`. Loaded once per
+    process: several test modules may use the same binary, and defining its
+    absl flags a second time would fail.
     """
     import importlib
     import importlib.util
     import os
+    import sys
 
     import tf_codistill
 
@@ -107,9 +110,17 @@ def load_binary(name: str):
     path = os.path.join(repo, "binaries", f"{name}.py")
     if not os.path.exists(path):
         return importlib.import_module(f"tf_codistill_binaries.{name}")
-    spec = importlib.util.spec_from_file_location(f"tf_codistill_binaries_{name}", path)
+    module_name = f"tf_codistill_binaries_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     return module
 
 
