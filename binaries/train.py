@@ -65,7 +65,7 @@ def main(argv):
         train_lib.train_group(
             FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         if not _raised_by_tf_codistill(e):
             raise  # Not a mistake we detect: the full traceback helps more.
         # A configuration mistake we detected: one clear line, not a stack trace.
@@ -75,10 +75,13 @@ def main(argv):
 
 def _raised_by_tf_codistill(error: BaseException) -> bool:
     """Whether `error` was raised by tf_codistill's own checks (or gin's parser)."""
+    from tf_codistill import codistill_model
     from tf_codistill import gin_utils
 
-    if isinstance(error, gin_utils.GinConfigError):
+    if isinstance(error, (gin_utils.GinConfigError, codistill_model.ExchangeWriteError)):
         return True
+    if isinstance(error, RuntimeError):
+        return False
     frames = traceback.extract_tb(error.__traceback__)
     origin = frames[-1].filename if frames else ""
     return any(

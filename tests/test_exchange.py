@@ -37,6 +37,16 @@ def _flip_byte(prefix):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def _grow(suffix, size):
+    """Makes a checkpoint file sparse-huge (the reader must refuse it unread)."""
+
+    def corrupt(prefix):
+        with open(prefix + suffix, "r+b") as f:
+            f.truncate(size)
+
+    return corrupt
+
+
 def _empty_index(prefix):
     open(prefix + ".index", "wb").close()
 
@@ -131,12 +141,23 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         self.assertGreater(history["distill_loss"][0], 0.0)  # still distilling from step 5
 
     @parameterized.named_parameters(
-        ("data_truncated_to_zero", _truncate(0.0), "cannot restore ckpt-10"),
-        ("data_truncated_half", _truncate(0.5), "cannot restore ckpt-10"),
+        ("data_truncated_to_zero", _truncate(0.0), "ckpt-10 holds 0 bytes of data, less than"),
+        ("data_truncated_half", _truncate(0.5), r"ckpt-10 holds \d+ bytes of data, less than"),
         ("data_truncated_99", _truncate(0.99), "cannot restore ckpt-10"),
         ("data_bit_flip", _flip_byte, "cannot restore ckpt-10: DataLossError"),
         ("index_zero_length", _empty_index, "cannot read the index of ckpt-10"),
-        ("index_without_data", _delete_data, "cannot restore ckpt-10"),
+        ("index_without_data", _delete_data, "ckpt-10 holds 0 bytes of data"),
+        (
+            "index_absurdly_large",
+            _grow(".index", 80 << 20),
+            r"ckpt-10.index is \d+ bytes, more "
+            "than an index of this model can be",
+        ),
+        (
+            "data_absurdly_large",
+            _grow(".data-00000-of-00001", 80 << 20),
+            r"bytes of data for a model of \d+; refused unread",
+        ),
         ("deleted_by_cleanup", _delete_all, r"ckpt-10.index is missing"),
         (
             "state_file_garbage",
@@ -182,7 +203,7 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         ref = loader.latest()
         self.assertEqual(ref.step, 10)
         _delete_all(self.prefix)
-        with self.assertRaisesRegex(exchange.PeerCheckpointError, "cannot read the index"):
+        with self.assertRaisesRegex(exchange.PeerCheckpointError, "cannot stat ckpt-10"):
             loader.stage(ref)
         for good, now in zip(self.good, self.model.teachers[0].get_weights(), strict=True):
             self.assertAllEqual(good, now)

@@ -18,6 +18,7 @@ from tf_codistill import schedules
 from tf_codistill.callbacks import ExchangeCallback
 from tf_codistill.codistill_model import CodistillModel
 from tf_codistill.codistill_model import ExchangeWriteError
+from tf_codistill.codistill_model import PeerMismatchError
 from tf_codistill.codistill_model import ReloadOutcome
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "CodistillModel",
     "ExchangeCallback",
     "ExchangeWriteError",
+    "PeerMismatchError",
     "ReloadOutcome",
     "callbacks",
     "distribute",

@@ -109,7 +109,9 @@ class ExchangeCallback(_StepCounting):
         if self.wait_for_peers_s > 0 and self.model.peer_indices:
             self._wait_for_peers()
         else:
-            self.model.reload_teachers()
+            # A peer of another architecture at the start is a configuration
+            # mistake: stop with its message rather than train without it.
+            self.model.reload_teachers(raise_on_mismatch=True)
 
     def _wait_for_peers(self) -> None:
         from tf_codistill import distribute  # Avoids a cycle at import time.
@@ -117,7 +119,7 @@ class ExchangeCallback(_StepCounting):
         self.model.publish()
         deadline = time.time() + self.wait_for_peers_s
         while True:
-            outcomes = self.model.reload_teachers()
+            outcomes = self.model.reload_teachers(raise_on_mismatch=True)
             all_loaded = all(o.status in ("loaded", "unchanged") for o in outcomes)
             done = all_loaded or time.time() >= deadline
             # Every worker of a group must run the same number of reloads
@@ -138,12 +140,20 @@ class ExchangeCallback(_StepCounting):
         if self.crossed(previous_step, self.step, n):
             self._read_step()  # Exact, once per exchange.
             self.model.publish()
+            self.model.drop_nonfinite_teachers()
             if not self.model.background_reload:
                 self.model.reload_teachers()
         if self.model.background_reload and self.crossed(previous_step, self.step, max(1, n // 10)):
             # Looks for new peer checkpoints ten times per exchange interval;
             # reading them happens on a background thread.
             self.model.prefetch_teachers()
+        if logs is not None:
+            # Later callbacks (progress lines, TensorBoard) see these too.
+            logs.update(self.model.exchange_logs(self.step))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.model.exchange_logs(self.step))
 
     def on_train_end(self, logs=None):
         self.model.wait_for_prefetch()

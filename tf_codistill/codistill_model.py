@@ -38,7 +38,7 @@ from tf_codistill import exchange
 from tf_codistill import losses
 from tf_codistill import schedules
 
-__all__ = ["CodistillModel", "ReloadOutcome", "ExchangeWriteError"]
+__all__ = ["CodistillModel", "ReloadOutcome", "ExchangeWriteError", "PeerMismatchError"]
 
 # Metric names, also used by callbacks, binaries and docs.
 LOSS = "loss"
@@ -47,6 +47,34 @@ DISTILL_LOSS = "distill_loss"
 DISTILL_WEIGHT = "distill_weight"
 TEACHER_STALENESS = "teacher_staleness"
 AGREEMENT = "agreement"
+NONFINITE = "nonfinite_teacher_batches"
+
+
+class _PerPeerCount(keras.metrics.Metric):
+    """Sums a `[num_peers]` vector over steps; reports the total over peers."""
+
+    def __init__(self, num_peers: int, name: str, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_weight(
+            name="counts", shape=(num_peers,), initializer="zeros", dtype=tf.float32
+        )
+
+    def update_state(self, values, sample_weight=None):
+        del sample_weight
+        self.counts.assign_add(tf.cast(values, tf.float32))
+
+    def result(self):
+        return tf.reduce_sum(self.counts)
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros_like(self.counts))
+
+    def per_peer(self) -> np.ndarray:
+        return tf.convert_to_tensor(self.counts).numpy()
+
+
+class PeerMismatchError(ValueError):
+    """A peer's checkpoint is of another architecture: a configuration mistake."""
 
 
 class ExchangeWriteError(RuntimeError):
@@ -61,8 +89,9 @@ class ReloadOutcome:
       peer: the peer group index.
       status: `loaded` (new checkpoint now in the teacher), `unchanged` (the
         teacher already holds the peer's latest), `no_checkpoint` (the peer has
-        not published yet) or `failed` (see `reason`; the previous teacher, if
-        any, is kept).
+        not published yet), `failed` (see `reason`; the previous teacher, if
+        any, is kept), or `left_out` (the peer's latest checkpoint was refused
+        before; waiting for its next one).
       step: the step of the checkpoint concerned (-1 if none).
       staleness: own step minus `step` at the reload (None if no checkpoint).
       reason: why a reload failed.
@@ -260,6 +289,7 @@ class CodistillModel(keras.Model):
         self._weight_tracker = keras.metrics.Mean(name=DISTILL_WEIGHT)
         self._staleness_tracker = keras.metrics.Mean(name=TEACHER_STALENESS)
         self._agreement_tracker = keras.metrics.Mean(name=AGREEMENT)
+        self._nonfinite_tracker = _PerPeerCount(len(self._peer_indices), name=NONFINITE)
 
         # The exchange objects are plain Python (not tracked): they are not
         # training state and hold host-side staging copies.
@@ -299,7 +329,11 @@ class CodistillModel(keras.Model):
         self.reload_counts = {j: {"loaded": 0, "failed": 0} for j in self._peer_indices}
         self._prefetch: Optional[concurrent.futures.Future] = None
         self._host_mirror: Optional[tuple] = None
-        self._failed_steps: dict = {}
+        # Per peer index k: a checkpoint step that was refused (failed to load,
+        # or its teacher predicted NaN/Inf); not loaded again.
+        self._refused_steps: dict = {}
+        self._nonfinite_seen = np.zeros(len(self._peer_indices))
+        self.fault_counts = {"peer_reload_failures": 0, "teachers_dropped": 0}
         if not self._peer_indices:
             return
 
@@ -422,6 +456,8 @@ class CodistillModel(keras.Model):
             self._staleness_tracker,
             self._agreement_tracker,
         ]
+        if self._teachers:
+            trackers.append(self._nonfinite_tracker)
         compiled = []
         if self._is_compiled and self.compiled_metrics is not None:
             compiled = list(self.compiled_metrics.metrics)
@@ -457,14 +493,20 @@ class CodistillModel(keras.Model):
         return weights
 
     def _teacher_targets(self, x, y_pred, peer_weights, active):
-        """Aggregated teacher targets and per-position agreement; zeros when not active.
+        """Aggregated teacher targets, agreement, and which peers were usable.
 
         The teachers run only when `active` (inside `tf.cond`), so burn-in
         steps and steps without any available peer cost no teacher forward
-        pass; a teacher that is not available is not run either. Nothing here
-        needs a gradient: in `train_step` it runs with the tape paused, so the
-        teachers' control flow (an LSTM's while loop) keeps no intermediates
-        for a backward pass.
+        pass; a teacher that is not available is not run either. A teacher
+        whose predictions on this batch are not all finite is left out of the
+        average (and counted; the group then drops it until its peer publishes
+        a new checkpoint). Nothing here needs a gradient: in `train_step` it
+        runs with the tape paused, so the teachers' control flow (an LSTM's
+        while loop) keeps no intermediates for a backward pass.
+
+        Returns:
+          targets (float32, `y_pred`'s shape), agreement (per position), and
+          usable `[num_peers]` float32 (1: available with finite predictions).
         """
         point_shape = tf.shape(y_pred)[:-1] if y_pred.shape.rank > 1 else tf.shape(y_pred)
 
@@ -478,12 +520,20 @@ class CodistillModel(keras.Model):
                         lambda: tf.zeros_like(y_pred),
                     )
                 )
-            targets = self._distill_loss.aggregate(teacher_logits, peer_weights)
+            finite = tf.stack(
+                [tf.cast(tf.reduce_all(tf.math.is_finite(t)), tf.float32) for t in teacher_logits]
+            )
+            usable = peer_weights * finite
+            targets = self._distill_loss.aggregate(teacher_logits, usable)
             agreement = self._distill_loss.agreement(targets, y_pred)
-            return tf.stop_gradient(targets), tf.reshape(agreement, point_shape)
+            return tf.stop_gradient(targets), tf.reshape(agreement, point_shape), usable
 
         def skip():
-            return tf.zeros(tf.shape(y_pred), tf.float32), tf.zeros(point_shape, tf.float32)
+            return (
+                tf.zeros(tf.shape(y_pred), tf.float32),
+                tf.zeros(point_shape, tf.float32),
+                tf.zeros_like(peer_weights),
+            )
 
         return tf.cond(active, compute, skip)
 
@@ -536,7 +586,14 @@ class CodistillModel(keras.Model):
         weights = self._position_weights(y_pred, sample_weight)
         if self._teachers:
             with tape.stop_recording() if training else contextlib.nullcontext():
-                targets, agreement = self._teacher_targets(x, y_pred, peer_weights, active)
+                targets, agreement, usable = self._teacher_targets(x, y_pred, peer_weights, active)
+            nonfinite = tf.cast(active, tf.float32) * (peer_weights - usable)
+            self._nonfinite_tracker.update_state(nonfinite)
+            # psi counts only with a teacher whose predictions are finite.
+            any_usable = tf.reduce_any(usable > 0)
+            active = tf.logical_and(active, any_usable)
+            if training:
+                weight = weight * tf.cast(any_usable, tf.float32)
             per_example = self._distill_per_example(targets, y_pred, weights, active)
         else:
             per_example = tf.zeros(tf.shape(y_pred)[:1], tf.float32)
@@ -653,19 +710,30 @@ class CodistillModel(keras.Model):
         self._publications += 1
         return path
 
-    def reload_teachers(self) -> list[ReloadOutcome]:
+    def reload_teachers(self, raise_on_mismatch: bool = False) -> list[ReloadOutcome]:
         """Restores each peer's latest checkpoint into its teacher, now.
 
-        Never raises for a peer's sake: a peer without a checkpoint is left
+        Does not raise for a peer's sake: a peer without a checkpoint is left
         out, and a checkpoint that cannot be used (missing, truncated, deleted
         mid-read, mismatched, non-finite) leaves that peer's previous teacher
-        in place; either way the reason is logged and returned. Under
+        in place; either way the reason is logged and returned, and that
+        checkpoint is not tried again (the peer's next one will be). Under
         MultiWorkerMirroredStrategy every worker must call this at the same
         step: the workers agree on which checkpoint to load and load it only
         if all of them could read it, so that all replicas share one teacher.
 
+        Args:
+          raise_on_mismatch: raise `PeerMismatchError` if a peer from which no
+            teacher was ever loaded publishes a checkpoint with other variables
+            than this model (other architecture, shapes or dtypes): that is a
+            configuration mistake, not a transient fault. A peer that changes
+            later is only skipped, with a warning.
+
         Returns:
           One `ReloadOutcome` per peer, in the order of `peer_indices`.
+
+        Raises:
+          PeerMismatchError: see `raise_on_mismatch`.
         """
         if not self._loaders:
             return []
@@ -693,14 +761,19 @@ class CodistillModel(keras.Model):
             if step == loaded_steps[k]:
                 outcomes.append(ReloadOutcome(peer, "unchanged", step, own_step - step))
                 continue
+            if step == self._refused_steps.get(k):
+                outcomes.append(ReloadOutcome(peer, "left_out", step, own_step - step))
+                continue
             start = time.perf_counter()
             ref = exchange.CheckpointRef(exchange.checkpoint_prefix(loader.directory, step), step)
+            mismatch = False
             with loader.lock:
                 reason = ""
                 try:
                     exchange.outside_strategy(loader.stage, ref)
                 except exchange.PeerCheckpointError as e:
                     reason = str(e)
+                    mismatch = isinstance(e, exchange.CheckpointMismatchError)
                 all_ok = distribute.agree_min([0 if reason else 1], strategy)[0] == 1
                 if all_ok:
                     # Written into the buffer not in use, then switched to.
@@ -717,7 +790,15 @@ class CodistillModel(keras.Model):
                 )
             else:
                 reason = reason or "another worker of this group could not read it"
+                self._refused_steps[k] = step
                 outcomes.append(ReloadOutcome(peer, "failed", step, own_step - step, reason=reason))
+                if mismatch and raise_on_mismatch and loaded_steps[k] < 0:
+                    self._log_outcomes(outcomes)
+                    raise PeerMismatchError(
+                        f"group {self._group_index} cannot learn from group {peer}: {reason}. "
+                        "All groups of a run must train the same architecture (compare their "
+                        "gin configs, model_fn or teacher_builder)"
+                    )
         self._log_outcomes(outcomes)
         return outcomes
 
@@ -735,6 +816,67 @@ class CodistillModel(keras.Model):
             self._teacher_steps.assign(
                 tf.tensor_scatter_nd_update(self._teacher_steps, [[k]], [step])
             )
+
+    def drop_nonfinite_teachers(self) -> list[int]:
+        """Drops teachers that predicted NaN/Inf since the last call.
+
+        The train step already left such a teacher out of every batch where
+        its predictions were not finite; this takes it out of use until its
+        peer publishes a new checkpoint (the same one is not loaded again).
+        Reads one small metric from the device; under
+        MultiWorkerMirroredStrategy call it on every worker at the same step.
+
+        Returns:
+          The peers whose teachers were dropped.
+        """
+        if not self._teachers:
+            return []
+        counts = self._nonfinite_tracker.per_peer()
+        if np.any(counts < self._nonfinite_seen):  # The metric was reset (new epoch).
+            self._nonfinite_seen = np.zeros_like(counts)
+        fresh = counts - self._nonfinite_seen
+        self._nonfinite_seen = counts
+        dropped = []
+        for k in np.flatnonzero(fresh > 0):
+            self.wait_for_prefetch()
+            active, steps = self._host_state()
+            if steps[k] < 0:
+                continue
+            self._refused_steps[k] = int(steps[k])
+            self._switch(k, int(active[k]), -1)
+            self.fault_counts["teachers_dropped"] += 1
+            dropped.append(self._peer_indices[k])
+            logging.warning(
+                "Group %d: the teacher for peer %d (step %d) predicted NaN or Inf on %d "
+                "batch(es); left out until peer %d publishes a new checkpoint",
+                self._group_index,
+                self._peer_indices[k],
+                steps[k],
+                int(fresh[k]),
+                self._peer_indices[k],
+            )
+        return dropped
+
+    def exchange_logs(self, own_step: int) -> dict:
+        """Host-side exchange health for logs and TensorBoard (no device reads).
+
+        `teachers_in_use`: peers whose teacher the next step may use;
+        `stale_peers`: peers left out by `max_staleness_steps`;
+        `peer_reload_failures` and `teachers_dropped`: counts since start.
+        """
+        if not self._teachers:
+            return {}
+        _, steps = self._host_state()
+        loaded = steps >= 0
+        stale = np.zeros_like(loaded)
+        if self._max_staleness_steps is not None:
+            stale = loaded & (own_step - steps > self._max_staleness_steps)
+        logs = {
+            "teachers_in_use": float(np.sum(loaded & ~stale)),
+            "stale_peers": float(np.sum(stale)),
+        }
+        logs.update({k: float(v) for k, v in self.fault_counts.items()})
+        return logs
 
     # Background reloads (single-process groups).
 
@@ -788,7 +930,7 @@ class CodistillModel(keras.Model):
             except exchange.PeerCheckpointError as e:
                 results.append((k, -1, str(e), 0.0))
                 continue
-            if ref is None or ref.step in (steps[k], self._failed_steps.get(k)):
+            if ref is None or ref.step in (steps[k], self._refused_steps.get(k)):
                 continue
             with loader.lock:
                 try:
@@ -808,7 +950,7 @@ class CodistillModel(keras.Model):
             peer = self._peer_indices[k]
             if reason:
                 if step >= 0:
-                    self._failed_steps[k] = step  # Not retried; the peer will publish anew.
+                    self._refused_steps[k] = step  # Not retried; the peer will publish anew.
                 outcomes.append(
                     ReloadOutcome(
                         peer, "failed", step, own_step - step if step >= 0 else None, reason=reason
@@ -836,6 +978,7 @@ class CodistillModel(keras.Model):
                 )
             elif o.status == "failed":
                 self.reload_counts[o.peer]["failed"] += 1
+                self.fault_counts["peer_reload_failures"] += 1
                 logging.warning(
                     "Group %d: keeping the previous teacher for peer %d (step %s): %s",
                     self._group_index,
@@ -860,7 +1003,15 @@ class CodistillModel(keras.Model):
         arguments.pop("self")
         user_callbacks = list(arguments.get("callbacks") or [])
         if not any(isinstance(c, callbacks_lib.ExchangeCallback) for c in user_callbacks):
-            user_callbacks.append(callbacks_lib.ExchangeCallback())
+            # After BackupAndRestore (which restores the step and teachers
+            # first), before the others (which then see the exchange logs).
+            restores = [
+                i
+                for i, c in enumerate(user_callbacks)
+                if isinstance(c, keras.callbacks.BackupAndRestore)
+            ]
+            position = restores[-1] + 1 if restores else 0
+            user_callbacks.insert(position, callbacks_lib.ExchangeCallback())
         arguments["callbacks"] = user_callbacks
         return super().fit(**arguments)
 

@@ -51,6 +51,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "CheckpointMismatchError",
     "CheckpointRef",
     "ModelSignature",
     "PeerCheckpointError",
@@ -68,6 +69,8 @@ _STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', r
 # A CheckpointManager state file is a few hundred bytes; anything this large
 # is not one.
 _MAX_STATE_FILE_BYTES = 1 << 20
+# An index lists names, shapes and offsets: small. Bigger is not an index of ours.
+_MAX_INDEX_BYTES = 64 << 20
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _MODEL_PREFIX = "model/"
 # Variables a compiled student's checkpoint may carry besides its weights.
@@ -90,6 +93,10 @@ absl_logging.get_absl_logger().addFilter(_DropShardingNoise())
 
 class PeerCheckpointError(Exception):
     """A peer checkpoint that cannot be used; the message says why."""
+
+
+class CheckpointMismatchError(PeerCheckpointError):
+    """A peer checkpoint whose variables are not this model's (names, shapes, dtypes)."""
 
 
 def group_dir(exchange_dir: str, group_index: int) -> str:
@@ -384,13 +391,14 @@ class TeacherLoader:
             is touched by this method.
         """
         name = posixpath.basename(ref.prefix)
+        self._check_sizes(ref.prefix, name)
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
         except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
             raise PeerCheckpointError(f"cannot read the index of {name}: {_reason(e)}") from e
         problems = self._signature.mismatches(reader)
         if problems:
-            raise PeerCheckpointError(
+            raise CheckpointMismatchError(
                 f"{name} does not match this model's variables: " + "; ".join(problems)
             )
         step_var = tf.Variable(-1, dtype=tf.int64, trainable=False)
@@ -412,6 +420,38 @@ class TeacherLoader:
         if step != ref.step:
             raise PeerCheckpointError(f"{name} holds step {step}, not {ref.step}")
         return step
+
+    def _check_sizes(self, prefix: str, name: str) -> None:
+        """Refuses files of absurd size before anything is read into memory.
+
+        The index (variable names, shapes, offsets) of a checkpoint of this
+        model is small; the data files must hold at least the model's bytes,
+        and not vastly more (tensors are read by offset, so a huge file would
+        not be read whole, but it is not a checkpoint of this model).
+        """
+        expected = self._signature.num_bytes
+        try:
+            index_bytes = tf.io.gfile.stat(prefix + ".index").length
+            data_bytes = sum(
+                tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".data-*")
+            )
+        except tf.errors.OpError as e:
+            raise PeerCheckpointError(f"cannot stat {name}: {_reason(e)}") from e
+        max_index = _MAX_INDEX_BYTES + 4096 * len(self._signature.expected)
+        if index_bytes > max_index:
+            raise PeerCheckpointError(
+                f"{name}.index is {index_bytes} bytes, more than an index of this model "
+                f"can be ({max_index}); refused unread"
+            )
+        if data_bytes < expected:
+            raise PeerCheckpointError(
+                f"{name} holds {data_bytes} bytes of data, less than this model's "
+                f"{expected} (truncated, or not written completely)"
+            )
+        if data_bytes > 16 * expected + _MAX_INDEX_BYTES:
+            raise PeerCheckpointError(
+                f"{name} holds {data_bytes} bytes of data for a model of {expected}; refused unread"
+            )
 
     def write(self, teacher: tf.Module) -> None:
         """Copies the staged values into `teacher` (after a successful `stage`).

@@ -74,6 +74,23 @@ def _writable_dir(path: str, chief: bool) -> str:
     return tempfile.mkdtemp(prefix="tf_codistill_worker_")
 
 
+def _resumed_step(backup_dir: str) -> int:
+    """The step a restarted group's BackupAndRestore state holds (0 if none).
+
+    Read before the input pipeline is built, so the training data can resume
+    where it stopped; BackupAndRestore itself restores the model in `fit`.
+    """
+    key = "model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    for directory in (os.path.join(backup_dir, "chief"), backup_dir):
+        path = tf.train.latest_checkpoint(directory)
+        if path:
+            try:
+                return int(tf.train.load_checkpoint(path).get_tensor(key))
+            except (tf.errors.OpError, ValueError) as e:
+                logging.warning("Cannot read the step of %s (%s); data restarts", path, e)
+    return 0
+
+
 def _input(
     strategy: tf.distribute.Strategy,
     input_fn: Callable[[sharding.DataContext], tf.data.Dataset],
@@ -83,6 +100,7 @@ def _input(
     num_groups: int,
     data_split: str,
     data_seed: int,
+    initial_step: int = 0,
 ):
     """The group's dataset, distributed over its workers and replicas."""
 
@@ -96,6 +114,7 @@ def _input(
             seed=data_seed,
             worker_index=input_context.input_pipeline_id,
             num_workers=input_context.num_input_pipelines,
+            initial_step=initial_step,
         )
         return input_fn(context)
 
@@ -291,6 +310,12 @@ def train_group(
         )
     logging.info("%s: student %s has %d parameters", prefix, student.name, student.count_params())
 
+    backup_dir = os.path.join(group_dir, "backup")
+    initial_step = _resumed_step(backup_dir)
+    if initial_step:
+        logging.info(
+            "%s: resuming at step %d; the training data continues there", prefix, initial_step
+        )
     train_data = _input(
         strategy,
         input_fn,
@@ -300,6 +325,7 @@ def train_group(
         num_groups,
         data_split,
         data_seed,
+        initial_step,
     )
     eval_data = _input(
         strategy,
@@ -329,7 +355,7 @@ def train_group(
         keras.callbacks.BackupAndRestore(
             # The same directory on every worker: Keras lets only the chief
             # write there, and a restarted non-chief worker reads it back.
-            os.path.join(group_dir, "backup"),
+            backup_dir,
             save_freq=backup_every_n_steps,
             delete_checkpoint=False,
         ),

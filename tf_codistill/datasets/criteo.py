@@ -335,6 +335,7 @@ def criteo_input_fn(
             seed=context.shuffle_seed,
             reshuffle_each_iteration=True,
         ).repeat()
+        dataset = context.skip_consumed(dataset)
     else:
         dataset = context.shard_workers(builder.as_dataset(split="validation", shuffle_files=False))
     # Hashing a whole batch at once is much cheaper than example by example.

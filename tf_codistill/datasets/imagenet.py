@@ -199,6 +199,7 @@ def imagenet_input_fn(
             seed=context.shuffle_seed,
             reshuffle_each_iteration=True,
         ).repeat()
+        dataset = context.skip_consumed(dataset)
 
         def preprocess(example):
             return train_image(example["image"], image_size), example["label"]

@@ -41,6 +41,9 @@ class DataContext:
       worker_index: this input pipeline among the group's pipelines.
       num_workers: number of input pipelines of the group.
       shuffle_buffer: examples in the shuffle buffer.
+      initial_step: train steps the group has already run (a restarted
+        group): training data resumes where those steps left it (see
+        `skip_consumed`).
     """
 
     training: bool = True
@@ -52,6 +55,7 @@ class DataContext:
     worker_index: int = 0
     num_workers: int = 1
     shuffle_buffer: int = 10_000
+    initial_step: int = 0
 
     def __post_init__(self):
         if self.mode not in _MODES:
@@ -104,6 +108,19 @@ class DataContext:
             dataset = dataset.shard(shard[1], shard[0])
         return self.shard_workers(dataset)
 
+    def skip_consumed(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """Skips the examples a restarted group already trained on.
+
+        Apply to the shuffled, repeated stream of examples, before batching
+        (and before expensive decoding, if possible): with seeded shuffles the
+        stream is the same after a restart, so skipping `initial_step`
+        batches' worth of examples puts the group where it stopped. It costs
+        reading those examples once; evaluation data is never skipped.
+        """
+        if self.training and self.initial_step > 0:
+            dataset = dataset.skip(self.initial_step * self.batch_size)
+        return dataset
+
     def shard_workers(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         """Keeps this worker's share of the group's examples."""
         if self.num_workers > 1:
@@ -123,5 +140,6 @@ def batched(dataset: tf.data.Dataset, context: DataContext, cache: bool = False)
         dataset = dataset.shuffle(
             context.shuffle_buffer, seed=context.shuffle_seed, reshuffle_each_iteration=True
         ).repeat()
+        dataset = context.skip_consumed(dataset)
     dataset = dataset.batch(context.batch_size, drop_remainder=context.training)
     return dataset.prefetch(tf.data.AUTOTUNE)

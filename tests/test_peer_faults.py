@@ -1,0 +1,100 @@
+"""Peers that lie or vanish: NaN predictions, other architectures, stale teachers."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+import tf_codistill
+from tf_codistill import exchange
+from tf_codistill import testing
+
+
+def _model(exchange_dir, **kwargs):
+    kwargs.setdefault("burn_in_steps", 0)
+    kwargs.setdefault("exchange_every_n_steps", 4)
+    model = tf_codistill.CodistillModel(
+        testing.mlp(seed=0), group_index=0, num_groups=2, exchange_dir=exchange_dir, **kwargs
+    )
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _overflowing_peer():
+    """Finite weights whose predictions overflow to Inf/NaN: passes every file check."""
+    peer = testing.mlp(seed=1)
+    peer.set_weights([np.full_like(w, 1e30) for w in peer.get_weights()])
+    return peer
+
+
+class PeerFaultTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        x, y = testing.toy_classification(16 * 8)
+        self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    def test_nonfinite_teacher_is_skipped_then_dropped_until_a_new_checkpoint(self):
+        publisher = exchange.Publisher(_overflowing_peer(), exchange.group_dir(self.dir, 1))
+        publisher.publish(3)
+        for background in (False, True):
+            model = _model(self.dir, background_reload=background)
+            with self.assertLogs(level="WARNING") as logs:
+                history = model.fit(self.dataset, verbose=0).history
+            # psi was skipped on every batch: the weight in effect was 0, the loss finite.
+            self.assertEqual(history["distill_weight"], [0.0])
+            self.assertTrue(np.isfinite(history["loss"][0]))
+            self.assertEqual(history["nonfinite_teacher_batches"][0] > 0, True)
+            self.assertTrue(any("predicted NaN or Inf" in line for line in logs.output))
+            # Dropped at the first exchange, and the same checkpoint is not loaded again.
+            self.assertEqual(list(model.teacher_steps), [-1])
+            self.assertEqual(history["teachers_dropped"], [1.0])
+            self.assertEqual(model.reload_counts[1]["loaded"], 1)
+            self.assertTrue(all(np.all(np.isfinite(w)) for w in model.student.get_weights()))
+        # The peer recovers and publishes a good checkpoint: it is used again.
+        good = testing.mlp(seed=2)
+        exchange.Publisher(good, exchange.group_dir(self.dir, 1)).publish(9)
+        self.assertEqual(model.reload_teachers()[0].status, "loaded")
+        history = model.fit(self.dataset, verbose=0).history
+        self.assertGreater(history["distill_loss"][0], 0)
+        self.assertEqual(list(model.teacher_steps), [9])
+
+    def test_other_architecture_at_start_is_a_clear_error(self):
+        exchange.Publisher(testing.mlp(hidden=(12,)), exchange.group_dir(self.dir, 1)).publish(0)
+        model = _model(self.dir)
+        with self.assertRaisesRegex(
+            tf_codistill.PeerMismatchError,
+            r"group 0 cannot learn from group 1: ckpt-0 does not match this model's variables: "
+            r"hidden_0/bias has shape \[12\], expected \[16\].*same architecture",
+        ):
+            model.fit(self.dataset, verbose=0)
+
+    def test_other_architecture_mid_run_is_skipped(self):
+        publisher = exchange.Publisher(testing.mlp(seed=1), exchange.group_dir(self.dir, 1))
+        publisher.publish(0)
+        model = _model(self.dir)
+        model.fit(self.dataset, verbose=0)
+        exchange.Publisher(testing.mlp(hidden=(12,)), exchange.group_dir(self.dir, 1)).publish(50)
+        history = model.fit(self.dataset, verbose=0).history  # Does not raise.
+        self.assertEqual(list(model.teacher_steps), [0])
+        self.assertEqual(history["peer_reload_failures"], [1.0])
+
+    def test_stale_peer_is_left_out_and_comes_back(self):
+        publisher = exchange.Publisher(testing.mlp(seed=1), exchange.group_dir(self.dir, 1))
+        publisher.publish(0)
+        model = _model(self.dir, max_staleness_steps=5, exchange_every_n_steps=100)
+        history = model.fit(self.dataset, epochs=2, verbose=0).history
+        # Epoch 1: steps 0-7, the teacher (step 0) is too old from step 6 on.
+        self.assertAllClose(history["distill_weight"], [6 / 8, 0.0])
+        self.assertEqual(history["stale_peers"], [1.0, 1.0])
+        self.assertEqual(history["teachers_in_use"], [0.0, 0.0])
+        publisher.publish(20)  # The peer is back (ahead of us: steps 16-23).
+        history = model.fit(self.dataset, verbose=0).history
+        self.assertAllClose(history["distill_weight"], [1.0])
+        self.assertEqual(history["teachers_in_use"], [1.0])
+
+
+if __name__ == "__main__":
+    tf.test.main()

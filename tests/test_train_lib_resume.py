@@ -1,0 +1,66 @@
+"""A group stopped and restarted by train_lib continues its model, optimizer and data."""
+
+import json
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_codistill import gin_utils
+from tf_codistill import train_lib
+from tf_codistill.datasets import sharding
+from tf_codistill.models import mlp
+
+BINDINGS = [
+    "tf_codistill.train_lib.train_group.codistill = False",
+    "tf_codistill.train_lib.train_group.wait_for_peers_s = 0",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _train(root, steps):
+    gin.clear_config()
+    gin_utils.parse(
+        ["demo/tiny.gin"],
+        BINDINGS + [f"tf_codistill.train_lib.train_group.train_steps = {steps}"],
+        finalize=False,
+    )
+    return train_lib.train_group(str(root), group_index=0, num_groups=2)
+
+
+def _student(root, step):
+    model = mlp.mlp_classifier(hidden_units=(16,))
+    tf.train.Checkpoint(model=model).restore(f"{root}/group_0/ckpt-{step}").expect_partial()
+    return model.get_weights()
+
+
+def test_restart_continues_model_optimizer_and_data(tmp_path):
+    _train(tmp_path / "straight", 40)
+    _train(tmp_path / "restarted", 20)  # Stops after 20 steps (a save point) ...
+    results = _train(tmp_path / "restarted", 40)  # ... and is started again for 40.
+    assert results["steps"] == 40
+    for a, b in zip(
+        _student(tmp_path / "straight", 40), _student(tmp_path / "restarted", 40), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # The evaluations of the first part are kept.
+    with open(tmp_path / "restarted" / "group_0" / "metrics.json") as f:
+        assert [e["step"] for e in json.load(f)["history"]] == [20, 40]
+
+
+def test_skip_consumed_resumes_the_example_stream():
+    def stream(initial_step, take):
+        context = sharding.DataContext(batch_size=4, shuffle_buffer=50, initial_step=initial_step)
+        dataset = sharding.batched(tf.data.Dataset.range(50), context)
+        return np.concatenate([b.numpy() for b in dataset.take(take)])
+
+    np.testing.assert_array_equal(stream(7, 10), stream(0, 17)[7 * 4 :])
+    evaluation = sharding.DataContext(training=False, batch_size=4, initial_step=7)
+    assert evaluation.skip_consumed(tf.data.Dataset.range(3)).cardinality() == 3
