@@ -189,8 +189,12 @@ def time_variants(workload, steps, repeats):
     }
 
 
-def time_reloads(workload, run_steps):
-    """One reload's time, and the step-time distribution with a reload every 50 steps."""
+def time_reloads(workload, run_steps, background):
+    """One reload's time, and the step-time distribution with a reload every 50 steps.
+
+    `background` selects the group's reload mode: blocking reloads at each
+    exchange boundary, or reads on a background thread into a spare teacher.
+    """
     import tf_keras as keras
 
     import tf_codistill
@@ -207,6 +211,7 @@ def time_reloads(workload, run_steps):
         exchange_dir=d,
         burn_in_steps=0,
         exchange_every_n_steps=50,
+        background_reload=background,
     )
     model.compile(
         keras.optimizers.Adam(1e-3),
@@ -240,6 +245,7 @@ def time_reloads(workload, run_steps):
     times = np.asarray(timer.times)
     loads = model.reload_counts[1]["loaded"]
     return {
+        "mode": "background" if background else "blocking",
         "reload_ms_median": 1e3 * statistics.median(reload_s[1:]),
         "parameters": int(sum(np.prod(w.shape) for w in model.student.weights)),
         "run_steps": run_steps,
@@ -297,7 +303,7 @@ def markdown(results):
         "",
         "Teacher reloads (one peer, from a checkpoint on local disk):",
         "",
-        "| workload | parameters | one reload (median) | steps | reloads "
+        "| workload, reload mode | parameters | one blocking reload (median) | steps | reloads "
         "| p50 step | p99 step | p99 / p50 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -328,9 +334,12 @@ def main(argv):
         results["step_cost"][workload] = time_variants(workload, steps, FLAGS.repeats)
         print(json.dumps(results["step_cost"][workload]["ratio_to_plain"]), flush=True)
         run_steps = FLAGS.reload_run_steps if workload == "mlp" else FLAGS.reload_run_steps // 4
-        print(f"[{workload}] reloads: {run_steps} steps, one reload every 50", flush=True)
-        results["reloads"][workload] = time_reloads(workload, run_steps)
-        print(json.dumps(results["reloads"][workload]), flush=True)
+        for background in (False, True):
+            mode = "background" if background else "blocking"
+            print(f"[{workload}] {mode} reloads: {run_steps} steps, one every 50", flush=True)
+            r = time_reloads(workload, run_steps, background)
+            results["reloads"][f"{workload}, {mode}"] = r
+            print(json.dumps(r), flush=True)
     text = markdown(results)
     print(text)
     if FLAGS.json:
