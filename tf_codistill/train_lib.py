@@ -96,6 +96,9 @@ def _input(
             seed=data_seed,
             worker_index=input_context.input_pipeline_id,
             num_workers=input_context.num_input_pipelines,
+            replicas_per_pipeline=max(
+                1, input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            ),
         )
         return input_fn(context)
 

@@ -41,6 +41,11 @@ class DataContext:
       worker_index: this input pipeline among the group's pipelines.
       num_workers: number of input pipelines of the group.
       shuffle_buffer: examples in the shuffle buffer.
+      replicas_per_pipeline: replicas fed by this pipeline. Under
+        MirroredStrategy one pipeline feeds all local replicas, its
+        consecutive batches going to the replicas in turn; an input that must
+        give each replica a continuation of its own previous batch (carried
+        RNN state) needs to know this.
     """
 
     training: bool = True
@@ -52,6 +57,7 @@ class DataContext:
     worker_index: int = 0
     num_workers: int = 1
     shuffle_buffer: int = 10_000
+    replicas_per_pipeline: int = 1
 
     def __post_init__(self):
         if self.mode not in _MODES:
@@ -66,6 +72,10 @@ class DataContext:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.replicas_per_pipeline < 1:
+            raise ValueError(
+                f"replicas_per_pipeline must be >= 1, got {self.replicas_per_pipeline}"
+            )
 
     @property
     def shuffle_seed(self) -> int:
