@@ -43,6 +43,13 @@ mask)`: `[B, sequence_length]` int32, int32 and float32. Training reads only
 this group's documents (`DataContext.shard_examples` for local files,
 `DataContext.tfds_split` for TFDS); evaluation reads all of them.
 
+The word-piece tokenizer is Python (`tf.numpy_function`, one core: about
+2 M characters/s measured on this project's 2-core CI machine). As with any
+tf.data pipeline that runs Python, drop live iterators before the interpreter
+exits: a pipeline still prefetching at shutdown can hang the exit (seen once
+in three runs of a script that kept its iterator; `binaries/train.py`, whose
+iterators end with `fit`, exited cleanly in every run).
+
 Under a strategy with several replicas per input pipeline (MirroredStrategy),
 the pipeline's batches go to the replicas in turn, so the pipeline keeps one
 set of B streams per replica and emits their batches in that order: each
