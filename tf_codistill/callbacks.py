@@ -197,7 +197,9 @@ def current_learning_rate(optimizer) -> float:
     lr = optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         lr = lr(optimizer.iterations)
-    return float(np.asarray(lr))
+    # convert_to_tensor, not np.asarray: under MirroredStrategy the rate is a
+    # MirroredVariable, which numpy cannot convert.
+    return float(tf.convert_to_tensor(lr))
 
 
 class SummaryWriter(_StepCounting):
