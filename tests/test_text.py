@@ -212,6 +212,27 @@ class TestFixtureBytes:
         assert sum(m.sum() for _, _, m in out) == 9 and len(out) == 3
         del a
 
+    def test_eval_batches_pads_or_cuts(self, tmp_path):
+        # The 7 validation batches of test_validation_counts_and_masks, made 9
+        # (two fully masked batches after them) or cut to 5 (the first 5).
+        corpus = bytes_corpus(tmp_path)
+        context = sharding.DataContext(training=False, batch_size=2)
+        full = batches(text.lm_input_fn(context, corpus=corpus))
+        padded = batches(text.lm_input_fn(context, corpus=corpus, eval_batches=9))
+        cut = batches(text.lm_input_fn(context, corpus=corpus, eval_batches=5))
+        assert len(full) == 7 and len(padded) == 9 and len(cut) == 5
+        for got, want in zip(padded[:7] + cut, full + full[:5], strict=True):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+        for x, y, m in padded[7:]:
+            assert not x.any() and not y.any() and not m.any()
+        # With two replicas per pipeline the padding keeps their turns: 2 x 9 elements.
+        two = sharding.DataContext(training=False, batch_size=1, replicas_per_pipeline=2)
+        out = batches(text.lm_input_fn(two, corpus=corpus, eval_batches=9))
+        assert len(out) == 18 and sum(m.sum() for _, _, m in out) == 401
+        with pytest.raises(ValueError, match="eval_batches"):
+            text.lm_input_fn(context, corpus=corpus, eval_batches=0)
+
     def test_inputs_must_exist(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="no file matches"):
             list(bytes_corpus(tmp_path, train=str(tmp_path / "nothing*.txt")).documents(True))

@@ -627,6 +627,7 @@ def lm_input_fn(
     corpus: Optional[TextCorpus] = None,
     sequence_length: int = 32,
     max_eval_documents: Optional[int] = None,
+    eval_batches: Optional[int] = None,
 ) -> tf.data.Dataset:
     """Language-model input function for `train_lib.train_group`.
 
@@ -637,15 +638,26 @@ def lm_input_fn(
       sequence_length: positions per batch (the paper: 32 word pieces).
       max_eval_documents: evaluate on the first this many validation documents
         (all when None); every evaluation reads the same ones.
+      eval_batches: if set, validation has exactly this many batches per
+        replica: the streams are cut after it, or followed by fully masked
+        batches if they end sooner. Set `train_group.eval_steps` to the same
+        number: under a distribution strategy Keras needs the number of
+        evaluation steps, and a validation set that ends before it stops
+        all later evaluations of the run.
 
     Returns:
       Batches `(tokens, targets, mask)`: `[B, sequence_length]` int32 inputs,
       int32 targets (the next token) and float32 mask (1 for real targets,
       0 for padding at the end of a validation stream). Training batches
-      repeat forever; validation batches end after the last document.
+      repeat forever; validation batches end after the last document (or
+      after `eval_batches`).
     """
     if not (isinstance(sequence_length, int) and sequence_length >= 1):
         raise ValueError(f"sequence_length must be an integer >= 1, got {sequence_length!r}")
+    if eval_batches is not None and (
+        isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1
+    ):
+        raise ValueError(f"eval_batches must be None or an integer >= 1, got {eval_batches!r}")
     corpus = corpus or TextCorpus()
     if context.training:
         docs = corpus.documents(True, context)
@@ -664,6 +676,13 @@ def lm_input_fn(
         windows = windows.map(
             lambda w: tf.reshape(w, [replicas, context.batch_size, sequence_length + 1])
         ).unbatch()
+    if eval_batches is not None and not context.training:
+        # Padding windows after the streams' end keep every replica's turn:
+        # the real windows come in whole rounds of `replicas`.
+        padding = tf.data.Dataset.from_tensors(
+            tf.fill([context.batch_size, sequence_length + 1], PAD_ID)
+        ).repeat()
+        windows = windows.concatenate(padding).take(eval_batches * replicas)
     shape = [context.batch_size, sequence_length]
 
     def split(window):
