@@ -77,11 +77,14 @@ def load_binary(name: str):
     """Imports `binaries/<name>.py` as a module (its absl flags get defined).
 
     From a source checkout the file is found next to the package; from an
-    installed package, as `tf_codistill_binaries.<name>`.
+    installed package, as `tf_codistill_binaries.<name>`. Loaded once per
+    process (absl refuses to define its flags twice), so several test files
+    can use the same binary.
     """
     import importlib
     import importlib.util
     import os
+    import sys
 
     import tf_codistill
 
@@ -89,9 +92,13 @@ def load_binary(name: str):
     path = os.path.join(repo, "binaries", f"{name}.py")
     if not os.path.exists(path):
         return importlib.import_module(f"tf_codistill_binaries.{name}")
-    spec = importlib.util.spec_from_file_location(f"tf_codistill_binaries_{name}", path)
+    module_name = f"tf_codistill_binaries_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules[module_name] = module
     return module
 
 
