@@ -115,6 +115,9 @@ def _input(
             worker_index=input_context.input_pipeline_id,
             num_workers=input_context.num_input_pipelines,
             initial_step=initial_step,
+            replicas_per_pipeline=max(
+                1, input_context.num_replicas_in_sync // input_context.num_input_pipelines
+            ),
         )
         return input_fn(context)
 
@@ -185,6 +188,7 @@ def train_group(
     optimizer: Callable[[], keras.optimizers.Optimizer] = gin.REQUIRED,
     loss: Union[str, keras.losses.Loss] = gin.REQUIRED,
     metrics: Sequence[Union[str, Callable]] = (),
+    weighted_metrics: Sequence[Union[str, Callable]] = (),
     train_steps: int = gin.REQUIRED,
     steps_per_loop: int = 1000,
     eval_steps: Optional[int] = None,
@@ -202,6 +206,7 @@ def train_group(
     # Bookkeeping.
     backup_every_n_steps: Optional[int] = None,
     log_every_n_steps: int = 100,
+    callbacks: Sequence[Callable[[], keras.callbacks.Callback]] = (),
 ) -> dict[str, Any]:
     """Trains group `group_index` of a codistillation run; returns its results.
 
@@ -225,6 +230,9 @@ def train_group(
         `@keras.optimizers.Adam`, configured separately); called in scope.
       loss: the task loss for `compile`.
       metrics: metric names or zero-argument factories.
+      weighted_metrics: the same, for metrics that must use the batches'
+        sample weights (per-token masks of sequence data: Keras applies
+        sample weights to `weighted_metrics` only).
       train_steps: total train steps of the group.
       steps_per_loop: train steps between evaluations (one Keras epoch).
       eval_steps: batches per evaluation; None for the whole evaluation set.
@@ -243,6 +251,9 @@ def train_group(
       backup_every_n_steps: interval of the resume state; defaults to
         `steps_per_loop`.
       log_every_n_steps: interval of the progress lines.
+      callbacks: zero-argument factories of extra Keras callbacks (in gin,
+        `[@tf_codistill.models.CarriedStateCallback]`), run after the built-in
+        ones, in `fit` and in the final evaluation.
 
     Returns:
       A dict with the last evaluation (`final`), every evaluation (`history`),
@@ -305,6 +316,7 @@ def train_group(
             optimizer=optimizer(),
             loss=loss,
             metrics=[_metric(m) for m in metrics],
+            weighted_metrics=[_metric(m) for m in weighted_metrics] or None,
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
         )
@@ -364,6 +376,8 @@ def train_group(
         callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
         callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
     ]
+    extra_callbacks = [c if isinstance(c, keras.callbacks.Callback) else c() for c in callbacks]
+    fit_callbacks += extra_callbacks
     model.fit(
         train_data,
         epochs=train_steps // steps_per_loop,
@@ -374,7 +388,9 @@ def train_group(
         verbose=0,
     )
     if not history.evaluations:  # Resumed after the last epoch: evaluate once.
-        logs = model.evaluate(eval_data, steps=eval_steps, verbose=0, return_dict=True)
+        logs = model.evaluate(
+            eval_data, steps=eval_steps, verbose=0, return_dict=True, callbacks=extra_callbacks
+        )
         history.record(
             int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
         )

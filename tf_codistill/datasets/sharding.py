@@ -44,6 +44,11 @@ class DataContext:
       initial_step: train steps the group has already run (a restarted
         group): training data resumes where those steps left it (see
         `skip_consumed`).
+      replicas_per_pipeline: replicas fed by this pipeline. Under
+        MirroredStrategy one pipeline feeds all local replicas, its
+        consecutive batches going to the replicas in turn; an input that must
+        give each replica a continuation of its own previous batch (carried
+        RNN state) needs to know this.
     """
 
     training: bool = True
@@ -56,6 +61,7 @@ class DataContext:
     num_workers: int = 1
     shuffle_buffer: int = 10_000
     initial_step: int = 0
+    replicas_per_pipeline: int = 1
 
     def __post_init__(self):
         if self.mode not in _MODES:
@@ -70,6 +76,10 @@ class DataContext:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.replicas_per_pipeline < 1:
+            raise ValueError(
+                f"replicas_per_pipeline must be >= 1, got {self.replicas_per_pipeline}"
+            )
 
     @property
     def shuffle_seed(self) -> int:
