@@ -266,6 +266,34 @@ class PublisherTest(tf.test.TestCase):
         ):
             model.publish()
 
+    def test_restarted_publisher_never_rewrites_a_published_checkpoint(self):
+        group_dir = exchange.group_dir(self.create_tempdir().full_path, 0)
+        student = testing.mlp(seed=1)
+        first = exchange.Publisher(student, group_dir)
+        for step in (5, 10):
+            first.publish(step)
+        before = {
+            p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns)
+            for p in glob.glob(os.path.join(group_dir, "ckpt-*"))
+        }
+        # The group is killed and restarted from a backup at step 0: it trains
+        # again (to other weights) through steps 5 and 10, then beyond.
+        student.set_weights([w + 1.0 for w in student.get_weights()])
+        second = exchange.Publisher(student, group_dir)
+        self.assertTrue(second.is_published(10) and not second.is_published(15))
+        for step in (5, 10):
+            self.assertEqual(second.publish(step), os.path.join(group_dir, f"ckpt-{step}"))
+        # Saving them again would rewrite their index in place, where a peer
+        # reading the latest one could find it empty: they are left alone.
+        after = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in before}
+        self.assertEqual(after, before)
+        self.assertEqual(exchange.latest_checkpoint(group_dir).step, 10)
+        second.publish(15)
+        self.assertEqual(exchange.latest_checkpoint(group_dir).step, 15)
+        reader = tf.train.load_checkpoint(os.path.join(group_dir, "ckpt-15"))
+        kernel = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
+        self.assertAllEqual(kernel, student.get_weights()[0])
+
     def test_signature_lists_model_variables(self):
         signature = exchange.ModelSignature.of_model(testing.mlp())
         self.assertEqual(

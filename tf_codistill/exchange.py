@@ -326,15 +326,29 @@ class Publisher:
     def last_published_step(self) -> Optional[int]:
         return self._last_published
 
+    def is_published(self, step: int) -> bool:
+        """Whether `ckpt-<step>` is one of the checkpoints the state file lists."""
+        name = f"{CHECKPOINT_NAME}-{int(step)}"
+        return any(posixpath.basename(p) == name for p in self._manager.checkpoints)
+
     def publish(self, step: int) -> str:
-        """Saves the model as `ckpt-<step>`; a repeated step is not saved twice.
+        """Saves the model as `ckpt-<step>`; a published step is never saved again.
+
+        A group restarted from its backup trains again through steps it had
+        already published before it was stopped. Those checkpoints stay as
+        they are: saving one again would rewrite its index in place, and a
+        peer reading it at that moment (or after this process is killed
+        midway) would find it half-written. Readers go on seeing the earlier
+        ones until the group publishes a step it has not published before.
 
         Raises:
           tf.errors.OpError: the directory cannot be written.
         """
         step = int(step)
-        if step == self._last_published:
-            return checkpoint_prefix(self.directory, step)
+        prefix = checkpoint_prefix(self.directory, step)
+        if step == self._last_published or self.is_published(step):
+            self._last_published = step
+            return prefix
 
         def save():
             self._step.assign(step)
