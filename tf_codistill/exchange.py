@@ -35,6 +35,7 @@ nothing is unpickled, deserialised as a Keras model or executed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging as std_logging
 import posixpath
@@ -53,6 +54,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointMismatchError",
     "CheckpointRef",
+    "ExchangeWriteError",
     "ModelSignature",
     "PeerCheckpointError",
     "Publisher",
@@ -60,6 +62,8 @@ __all__ = [
     "group_dir",
     "latest_checkpoint",
     "outside_strategy",
+    "write_failure",
+    "writing",
 ]
 
 CHECKPOINT_NAME = "ckpt"
@@ -97,6 +101,36 @@ class PeerCheckpointError(Exception):
 
 class CheckpointMismatchError(PeerCheckpointError):
     """A peer checkpoint whose variables are not this model's (names, shapes, dtypes)."""
+
+
+class ExchangeWriteError(RuntimeError):
+    """A group cannot write into its directory (full or unwritable exchange dir)."""
+
+
+@contextlib.contextmanager
+def writing(what: str, directory: str):
+    """Turns a failed write of `what` into `directory` into one `ExchangeWriteError`.
+
+    A full or unwritable exchange dir fails the group's writes with
+    `tf.errors.OpError`s of several types, depending on errno: ENOSPC and
+    EDQUOT give `ResourceExhaustedError`, EACCES and EROFS
+    `PermissionDeniedError`, a file in the way of a directory
+    `FailedPreconditionError`, and EFBIG (a file size limit) gives
+    `OutOfRangeError`, which Keras' `fit` takes for the end of the training
+    data when a callback raises it and then silently stops the epoch. All of
+    them become one error that names the directory, with the reason on one line.
+
+    Args:
+      what: what was being written, for the message (e.g. "the resume state").
+      directory: where.
+
+    Raises:
+      ExchangeWriteError: a write inside the block failed.
+    """
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as e:
+        raise ExchangeWriteError(f"cannot write {what} into {directory}: {write_failure(e)}") from e
 
 
 def group_dir(exchange_dir: str, group_index: int) -> str:
@@ -475,6 +509,15 @@ class TeacherLoader:
         """
         for target, source in zip(teacher.weights, self.staging.weights, strict=True):
             target.assign(source.read_value())
+
+
+def write_failure(e: BaseException) -> str:
+    """An OS or TensorFlow write error on one line, without TF's op decorations."""
+    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    message = re.sub(r"\[Op:\w+\].*", "", message, flags=re.DOTALL)
+    message = " ".join(message.split())
+    return message[:300] + "..." if len(message) > 300 else message
 
 
 def _reason(e: BaseException) -> str:

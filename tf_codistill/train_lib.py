@@ -69,9 +69,32 @@ def _check_positive(name: str, value: int) -> int:
 def _writable_dir(path: str, chief: bool) -> str:
     """`path` on the chief; a throw-away directory on other workers."""
     if chief:
-        tf.io.gfile.makedirs(path)
+        with exchange.writing("the group's directory", path):
+            tf.io.gfile.makedirs(path)
         return path
     return tempfile.mkdtemp(prefix="tf_codistill_worker_")
+
+
+def _write_operative_config(group_dir: str) -> None:
+    with exchange.writing("the operative config", group_dir):
+        gin_utils.write_operative_config(group_dir)
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose failed writes stop training with one clear error.
+
+    Keras lets a failed backup's `tf.errors.OpError` out of the callback; an
+    `OutOfRangeError` (EFBIG: a file size limit) would then be taken by `fit`
+    for the end of the data and end the epoch without a word.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        with exchange.writing("the resume state", self.backup_dir):
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with exchange.writing("the resume state", self.backup_dir):
+            super().on_epoch_end(epoch, logs)
 
 
 def _resumed_step(backup_dir: str) -> int:
@@ -251,6 +274,8 @@ def train_group(
 
     Raises:
       ValueError: an inconsistent setting, naming it.
+      ExchangeWriteError: the group's directory cannot be written (full or
+        unwritable); what was published before stays complete and readable.
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
@@ -349,10 +374,10 @@ def train_group(
         )
         logging.info("%s: %d evaluation steps", prefix, eval_steps)
     if chief:
-        gin_utils.write_operative_config(group_dir)
+        _write_operative_config(group_dir)
     history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
     fit_callbacks = [
-        keras.callbacks.BackupAndRestore(
+        _BackupAndRestore(
             # The same directory on every worker: Keras lets only the chief
             # write there, and a restarted non-chief worker reads it back.
             backup_dir,
@@ -390,7 +415,7 @@ def train_group(
     history.write()
     results = history.results()
     if chief:
-        gin_utils.write_operative_config(group_dir)
+        _write_operative_config(group_dir)
     final = results["final"]
     logging.info(
         "%s: done, %d steps in %.0f s; final %s",
@@ -448,6 +473,8 @@ class _History(keras.callbacks.Callback):
         if not self.path:
             return
         tmp = self.path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            json.dump(self.results(), f, indent=2, sort_keys=True)
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        # Written whole, then renamed: a reader never sees half a file.
+        with exchange.writing("the metrics", os.path.dirname(self.path)):
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                json.dump(self.results(), f, indent=2, sort_keys=True)
+            tf.io.gfile.rename(tmp, self.path, overwrite=True)
