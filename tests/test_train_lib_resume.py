@@ -64,3 +64,23 @@ def test_skip_consumed_resumes_the_example_stream():
     np.testing.assert_array_equal(stream(7, 10), stream(0, 17)[7 * 4 :])
     evaluation = sharding.DataContext(training=False, batch_size=4, initial_step=7)
     assert evaluation.skip_consumed(tf.data.Dataset.range(3)).cardinality() == 3
+
+
+def test_backup_interval_is_in_steps_with_steps_per_execution(tmp_path):
+    # Keras' BackupAndRestore counts executions: with 5 steps per execution
+    # and save_freq=10 it would save every 50 steps, none in 40.
+    gin.clear_config()
+    gin_utils.parse(
+        ["demo/tiny.gin"],
+        BINDINGS
+        + [
+            "tf_codistill.train_lib.train_group.steps_per_execution = 5",
+            "tf_codistill.train_lib.train_group.backup_every_n_steps = 10",
+        ],
+        finalize=False,
+    )
+    train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    backup = tf.train.latest_checkpoint(str(tmp_path / "group_0" / "backup" / "chief"))
+    # Saved at steps 10, 20, 30 and 40: the fourth save, holding step 40.
+    assert backup is not None and backup.endswith("ckpt-4"), backup
+    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 40  # pylint: disable=protected-access

@@ -263,8 +263,9 @@ def train_group(
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
         first checkpoint before the first step (0: no barrier).
-      backup_every_n_steps: interval of the resume state; defaults to
-        `steps_per_loop`.
+      backup_every_n_steps: interval of the resume state, in train steps
+        (whole executions of `steps_per_execution` steps, rounded down);
+        defaults to `steps_per_loop`.
       log_every_n_steps: interval of the progress lines.
 
     Returns:
@@ -381,7 +382,8 @@ def train_group(
             # The same directory on every worker: Keras lets only the chief
             # write there, and a restarted non-chief worker reads it back.
             backup_dir,
-            save_freq=backup_every_n_steps,
+            # Keras counts executions (of steps_per_execution steps), not steps.
+            save_freq=max(1, backup_every_n_steps // steps_per_execution),
             delete_checkpoint=False,
         ),
         callbacks_lib.ExchangeCallback(wait_for_peers_s=wait_for_peers_s if codistill else 0.0),
