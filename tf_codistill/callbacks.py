@@ -194,6 +194,8 @@ class ProgressLogger(_StepCounting):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._last_time, self._last_step = time.perf_counter(), self.step
+        # After BackupAndRestore: a restarted process says where it resumed.
+        logging.info("%sstarting at %s", self.prefix, self._where())
 
     def _where(self) -> str:
         return f"step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "")
