@@ -304,7 +304,9 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
             with exchange.writing("the resume state", "/runs/r1/group_0/backup"):
                 raise error
         message = str(raised.exception)
-        self.assertStartsWith(message, "cannot write the resume state into /runs/r1/group_0/backup: ")
+        self.assertStartsWith(
+            message, "cannot write the resume state into /runs/r1/group_0/backup: "
+        )
         self.assertIn("No space left" if "space" in str(error) else "File too large", message)
         self.assertIs(tf_codistill.ExchangeWriteError, exchange.ExchangeWriteError)
 

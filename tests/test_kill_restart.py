@@ -14,7 +14,6 @@ import time
 import pytest
 import tensorflow as tf
 
-from tf_codistill import exchange
 from tf_codistill import local_cluster
 from tf_codistill.models import mlp
 from tf_codistill.testing import drills
@@ -37,20 +36,6 @@ BINDINGS = dict(
 
 def _tiny_model():
     return mlp.mlp_classifier(hidden_units=(16,))  # demo/tiny.gin's
-
-
-def _assert_every_listed_checkpoint_is_complete(group_dir):
-    state = tf.train.get_checkpoint_state(group_dir)
-    assert state is not None and state.all_model_checkpoint_paths
-    staging = _tiny_model()
-    loader = exchange.TeacherLoader(
-        0, group_dir, staging, exchange.ModelSignature.of_model(staging)
-    )
-    for path in state.all_model_checkpoint_paths:
-        name = os.path.basename(path)
-        step = int(name.split("-")[1])
-        ref = exchange.CheckpointRef(exchange.checkpoint_prefix(group_dir, step), step)
-        assert loader.stage(ref) == step, name  # Sizes, signature, every value, finite.
 
 
 def test_sigkill_at_a_random_moment_resumes_from_the_last_save(tmp_path):
@@ -93,7 +78,7 @@ def test_sigkill_at_a_random_moment_resumes_from_the_last_save(tmp_path):
             assert last_logged // BACKUP_EVERY * BACKUP_EVERY <= saved <= last_logged + LOG_EVERY
             # What the killed process left: every checkpoint its state file
             # lists is complete (a save cut short is in a *_temp directory).
-            _assert_every_listed_checkpoint_is_complete(group_dir)
+            assert drills.check_published(group_dir, _tiny_model)
 
             cluster.start("g0")  # The same command.
             codes = cluster.wait(timeout_s=240)

@@ -1,12 +1,16 @@
 """A group stopped and restarted by train_lib continues its model, optimizer and data."""
 
 import json
+from unittest import mock
 
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
+from tf_keras.src.distribute import worker_training_state
 
+from tf_codistill import codistill_model
 from tf_codistill import gin_utils
 from tf_codistill import train_lib
 from tf_codistill.datasets import sharding
@@ -84,3 +88,27 @@ def test_backup_interval_is_in_steps_with_steps_per_execution(tmp_path):
     # Saved at steps 10, 20, 30 and 40: the fourth save, holding step 40.
     assert backup is not None and backup.endswith("ckpt-4"), backup
     assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 40  # pylint: disable=protected-access
+
+
+def test_failed_backup_stops_fit_instead_of_ending_the_epoch(tmp_path):
+    # EFBIG (a file size limit) reaches Python as OutOfRangeError; raised by a
+    # callback inside fit, Keras takes it for the end of the data.
+    x = np.zeros((64, 4), np.float32)
+    y = np.zeros((64, 1), np.float32)
+
+    def fit(backup):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        model.fit(x, y, batch_size=4, epochs=1, callbacks=[backup], verbose=0)
+        return int(model.optimizer.iterations.numpy())
+
+    efbig = tf.errors.OutOfRangeError(None, None, "backup/chief/ckpt-1_temp/x; File too large")
+    with mock.patch.object(worker_training_state.WorkerTrainingState, "back_up", side_effect=efbig):
+        # Keras' own callback: 4 of the 16 steps, then silence.
+        plain = keras.callbacks.BackupAndRestore(str(tmp_path / "plain"), save_freq=4)
+        assert fit(plain) == 4
+        with pytest.raises(
+            codistill_model.ExchangeWriteError,
+            match=r"cannot write the resume state into .*wrapped: .*File too large",
+        ):
+            fit(train_lib._BackupAndRestore(str(tmp_path / "wrapped"), save_freq=4))  # pylint: disable=protected-access

@@ -30,6 +30,7 @@ __all__ = [
     "RELOAD",
     "STARTING",
     "backup_step",
+    "check_published",
     "progress_steps",
     "scalars",
     "train_command",
@@ -148,6 +149,31 @@ def progress_steps(lines: list[str]) -> list[int]:
 def backup_step(group_dir: str) -> int:
     """The train step a group's BackupAndRestore state holds (0 if none)."""
     return train_lib._resumed_step(os.path.join(group_dir, "backup"))  # pylint: disable=protected-access
+
+
+def check_published(group_dir: str, model_fn: Callable[[], keras.Model]) -> list[int]:
+    """Stages every checkpoint a group's state file lists, as a peer would.
+
+    Returns:
+      Their steps, oldest first ([] when the group has not published).
+
+    Raises:
+      PeerCheckpointError: one of them is incomplete or corrupt.
+    """
+    state = tf.train.get_checkpoint_state(group_dir)
+    if state is None:
+        return []
+    staging = model_fn()
+    loader = exchange.TeacherLoader(
+        0, group_dir, staging, exchange.ModelSignature.of_model(staging)
+    )
+    steps = []
+    for path in state.all_model_checkpoint_paths:
+        step = int(os.path.basename(path).split("-")[1])
+        ref = exchange.CheckpointRef(exchange.checkpoint_prefix(group_dir, step), step)
+        # Sizes, signature, every value read, finite, the step inside.
+        steps.append(loader.stage(ref))
+    return steps
 
 
 def scalars(group_dir: str, tag: str, split: str = "train") -> list[tuple[int, float]]:
