@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras.src.distribute import worker_training_state
 
+from tf_codistill import callbacks
 from tf_codistill import codistill_model
 from tf_codistill import gin_utils
 from tf_codistill import train_lib
@@ -112,3 +113,35 @@ def test_failed_backup_stops_fit_instead_of_ending_the_epoch(tmp_path):
             match=r"cannot write the resume state into .*wrapped: .*File too large",
         ):
             fit(train_lib._BackupAndRestore(str(tmp_path / "wrapped"), save_freq=4))  # pylint: disable=protected-access
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_restart_mid_epoch_with_steps_per_execution_trains_the_steps_asked(tmp_path):
+    bindings = BINDINGS + [
+        "tf_codistill.train_lib.train_group.steps_per_execution = 5",
+        "tf_codistill.train_lib.train_group.backup_every_n_steps = 10",
+        "tf_codistill.train_lib.train_group.steps_per_loop = 40",
+        "tf_codistill.train_lib.train_group.log_every_n_steps = 5",
+    ]
+    on_steps = callbacks.ProgressLogger.on_steps
+
+    def stop_after_step_25(logger, previous_step, logs):
+        on_steps(logger, previous_step, logs)
+        if logger.step >= 25:
+            raise _Preempted
+
+    gin.clear_config()
+    gin_utils.parse(["demo/tiny.gin"], bindings, finalize=False)
+    with mock.patch.object(callbacks.ProgressLogger, "on_steps", stop_after_step_25):
+        with pytest.raises(_Preempted):
+            train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 20  # pylint: disable=protected-access
+    # Started again: from the backup at step 20, the epoch's batches 20-39.
+    # Keras alone restarted at batch 16 (after the execution's first batch,
+    # 15) and ended at step 44.
+    results = train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    assert results["steps"] == 40
+    assert [e["step"] for e in results["history"]] == [40]

@@ -86,9 +86,15 @@ class _BackupAndRestore(keras.callbacks.BackupAndRestore):
     Keras lets a failed backup's `tf.errors.OpError` out of the callback; an
     `OutOfRangeError` (EFBIG: a file size limit) would then be taken by `fit`
     for the end of the data and end the epoch without a word.
+
+    Also records the *last* batch of an execution as the one backed up: Keras
+    records the first (`on_train_batch_begin`), so with `steps_per_execution`
+    > 1 a restarted group repeated all but one of that execution's batches,
+    training more steps than asked and shifting its evaluations.
     """
 
     def on_train_batch_end(self, batch, logs=None):
+        self._training_state._ckpt_saved_batch.assign(batch)  # pylint: disable=protected-access
         with exchange.writing("the resume state", self.backup_dir):
             super().on_train_batch_end(batch, logs)
 
