@@ -68,9 +68,16 @@ def main(argv):
     except (ValueError, TypeError, RuntimeError) as e:
         if not _raised_by_tf_codistill(e):
             raise  # Not a mistake we detect: the full traceback helps more.
-        # A configuration mistake we detected: one clear line, not a stack trace.
-        logging.error("%s: %s", type(e).__name__, e)
-        sys.exit(f"train.py: {e}")
+        # A configuration mistake or a full or unwritable exchange dir, which
+        # we detected: one clear line, not a stack trace.
+        message = _without_gin_context(str(e))
+        logging.error("%s: %s", type(e).__name__, message)
+        sys.exit(f"train.py: {message}")
+
+
+def _without_gin_context(message: str) -> str:
+    """`message` without the "In call to configurable ..." line gin appends."""
+    return message.split("\n  In call to configurable ")[0]
 
 
 def _raised_by_tf_codistill(error: BaseException) -> bool:

@@ -229,7 +229,7 @@ class NoPeerYetTest(tf.test.TestCase):
         self.assertEqual(list(model.teacher_steps), [-1])
 
 
-class PublisherTest(tf.test.TestCase):
+class PublisherTest(parameterized.TestCase, tf.test.TestCase):
     def test_on_disk_contract(self):
         d = self.create_tempdir().full_path
         student = testing.mlp(seed=2)
@@ -265,6 +265,63 @@ class PublisherTest(tf.test.TestCase):
             "group 0 cannot publish step 0 into .*not_a_dir/group_0",
         ):
             model.publish()
+
+    def test_restarted_publisher_never_rewrites_a_published_checkpoint(self):
+        group_dir = exchange.group_dir(self.create_tempdir().full_path, 0)
+        student = testing.mlp(seed=1)
+        first = exchange.Publisher(student, group_dir)
+        for step in (5, 10):
+            first.publish(step)
+        before = {
+            p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns)
+            for p in glob.glob(os.path.join(group_dir, "ckpt-*"))
+        }
+        # The group is killed and restarted from a backup at step 0: it trains
+        # again (to other weights) through steps 5 and 10, then beyond.
+        student.set_weights([w + 1.0 for w in student.get_weights()])
+        second = exchange.Publisher(student, group_dir)
+        self.assertTrue(second.is_published(10) and not second.is_published(15))
+        for step in (5, 10):
+            self.assertEqual(second.publish(step), os.path.join(group_dir, f"ckpt-{step}"))
+        # Saving them again would rewrite their index in place, where a peer
+        # reading the latest one could find it empty: they are left alone.
+        after = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in before}
+        self.assertEqual(after, before)
+        self.assertEqual(exchange.latest_checkpoint(group_dir).step, 10)
+        second.publish(15)
+        self.assertEqual(exchange.latest_checkpoint(group_dir).step, 15)
+        reader = tf.train.load_checkpoint(os.path.join(group_dir, "ckpt-15"))
+        kernel = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
+        self.assertAllEqual(kernel, student.get_weights()[0])
+
+    @parameterized.parameters(
+        (tf.errors.OutOfRangeError(None, None, "/x/ckpt-1.data; File too large"),),
+        (tf.errors.ResourceExhaustedError(None, None, "/x/f; No space left on device"),),
+        (OSError(28, "No space left on device"),),
+    )
+    def test_failed_writes_become_one_error_naming_the_directory(self, error):
+        with self.assertRaises(exchange.ExchangeWriteError) as raised:
+            with exchange.writing("the resume state", "/runs/r1/group_0/backup"):
+                raise error
+        message = str(raised.exception)
+        self.assertStartsWith(
+            message, "cannot write the resume state into /runs/r1/group_0/backup: "
+        )
+        self.assertIn("No space left" if "space" in str(error) else "File too large", message)
+        self.assertIs(tf_codistill.ExchangeWriteError, exchange.ExchangeWriteError)
+
+    def test_write_failure_is_one_line_without_op_decorations(self):
+        error = tf.errors.ResourceExhaustedError(
+            None,
+            None,
+            "{{function_node __wrapped__CreateSummaryFileWriter_device_/job:localhost}} "
+            "/r/events.v2; No space left on device\n\tFailed to flush 1 events "
+            "[Op:CreateSummaryFileWriter] name: ",
+        )
+        self.assertEqual(
+            exchange.write_failure(error),
+            "/r/events.v2; No space left on device Failed to flush 1 events",
+        )
 
     def test_signature_lists_model_variables(self):
         signature = exchange.ModelSignature.of_model(testing.mlp())

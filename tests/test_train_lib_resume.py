@@ -1,12 +1,17 @@
 """A group stopped and restarted by train_lib continues its model, optimizer and data."""
 
 import json
+from unittest import mock
 
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
+from tf_keras.src.distribute import worker_training_state
 
+from tf_codistill import callbacks
+from tf_codistill import codistill_model
 from tf_codistill import gin_utils
 from tf_codistill import train_lib
 from tf_codistill.datasets import sharding
@@ -64,3 +69,79 @@ def test_skip_consumed_resumes_the_example_stream():
     np.testing.assert_array_equal(stream(7, 10), stream(0, 17)[7 * 4 :])
     evaluation = sharding.DataContext(training=False, batch_size=4, initial_step=7)
     assert evaluation.skip_consumed(tf.data.Dataset.range(3)).cardinality() == 3
+
+
+def test_backup_interval_is_in_steps_with_steps_per_execution(tmp_path):
+    # Keras' BackupAndRestore counts executions: with 5 steps per execution
+    # and save_freq=10 it would save every 50 steps, none in 40.
+    gin.clear_config()
+    gin_utils.parse(
+        ["demo/tiny.gin"],
+        BINDINGS
+        + [
+            "tf_codistill.train_lib.train_group.steps_per_execution = 5",
+            "tf_codistill.train_lib.train_group.backup_every_n_steps = 10",
+        ],
+        finalize=False,
+    )
+    train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    backup = tf.train.latest_checkpoint(str(tmp_path / "group_0" / "backup" / "chief"))
+    # Saved at steps 10, 20, 30 and 40: the fourth save, holding step 40.
+    assert backup is not None and backup.endswith("ckpt-4"), backup
+    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 40  # pylint: disable=protected-access
+
+
+def test_failed_backup_stops_fit_instead_of_ending_the_epoch(tmp_path):
+    # EFBIG (a file size limit) reaches Python as OutOfRangeError; raised by a
+    # callback inside fit, Keras takes it for the end of the data.
+    x = np.zeros((64, 4), np.float32)
+    y = np.zeros((64, 1), np.float32)
+
+    def fit(backup):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        model.fit(x, y, batch_size=4, epochs=1, callbacks=[backup], verbose=0)
+        return int(model.optimizer.iterations.numpy())
+
+    efbig = tf.errors.OutOfRangeError(None, None, "backup/chief/ckpt-1_temp/x; File too large")
+    with mock.patch.object(worker_training_state.WorkerTrainingState, "back_up", side_effect=efbig):
+        # Keras' own callback: 4 of the 16 steps, then silence.
+        plain = keras.callbacks.BackupAndRestore(str(tmp_path / "plain"), save_freq=4)
+        assert fit(plain) == 4
+        with pytest.raises(
+            codistill_model.ExchangeWriteError,
+            match=r"cannot write the resume state into .*wrapped: .*File too large",
+        ):
+            fit(train_lib._BackupAndRestore(str(tmp_path / "wrapped"), save_freq=4))  # pylint: disable=protected-access
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_restart_mid_epoch_with_steps_per_execution_trains_the_steps_asked(tmp_path):
+    bindings = BINDINGS + [
+        "tf_codistill.train_lib.train_group.steps_per_execution = 5",
+        "tf_codistill.train_lib.train_group.backup_every_n_steps = 10",
+        "tf_codistill.train_lib.train_group.steps_per_loop = 40",
+        "tf_codistill.train_lib.train_group.log_every_n_steps = 5",
+    ]
+    on_steps = callbacks.ProgressLogger.on_steps
+
+    def stop_after_step_25(logger, previous_step, logs):
+        on_steps(logger, previous_step, logs)
+        if logger.step >= 25:
+            raise _Preempted
+
+    gin.clear_config()
+    gin_utils.parse(["demo/tiny.gin"], bindings, finalize=False)
+    with mock.patch.object(callbacks.ProgressLogger, "on_steps", stop_after_step_25):
+        with pytest.raises(_Preempted):
+            train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 20  # pylint: disable=protected-access
+    # Started again: from the backup at step 20, the epoch's batches 20-39.
+    # Keras alone restarted at batch 16 (after the execution's first batch,
+    # 15) and ended at step 44.
+    results = train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
+    assert results["steps"] == 40
+    assert [e["step"] for e in results["history"]] == [40]

@@ -11,6 +11,8 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from tf_codistill import exchange
+
 __all__ = ["ExchangeCallback", "ProgressLogger", "SummaryWriter"]
 
 
@@ -192,6 +194,8 @@ class ProgressLogger(_StepCounting):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._last_time, self._last_step = time.perf_counter(), self.step
+        # After BackupAndRestore: a restarted process says where it resumed.
+        logging.info("%sstarting at %s", self.prefix, self._where())
 
     def _where(self) -> str:
         return f"step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "")
@@ -258,12 +262,14 @@ class SummaryWriter(_StepCounting):
         return self._writers[name]
 
     def _write(self, name: str, logs, strip: str = "") -> None:
-        with self._writer(name).as_default(step=self.step):
-            for key, value in logs.items():
-                if key.startswith(strip) and np.size(value) == 1:
-                    tf.summary.scalar(key[len(strip) :], _scalar(value))
-            if name == "train":
-                tf.summary.scalar("learning_rate", current_learning_rate(self.model.optimizer))
+        # A full or unwritable directory stops training with one clear error.
+        with exchange.writing("TensorBoard summaries", self.log_dir):
+            with self._writer(name).as_default(step=self.step):
+                for key, value in logs.items():
+                    if key.startswith(strip) and np.size(value) == 1:
+                        tf.summary.scalar(key[len(strip) :], _scalar(value))
+                if name == "train":
+                    tf.summary.scalar("learning_rate", current_learning_rate(self.model.optimizer))
 
     def on_steps(self, previous_step, logs):
         if self.crossed(previous_step, self.step, self.every_n_steps):
@@ -277,6 +283,7 @@ class SummaryWriter(_StepCounting):
             self._write("validation", evaluation, strip="val_")
 
     def on_train_end(self, logs=None):
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
+        writers, self._writers = self._writers, {}
+        with exchange.writing("TensorBoard summaries", self.log_dir):
+            for writer in writers.values():
+                writer.close()

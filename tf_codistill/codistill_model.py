@@ -77,8 +77,8 @@ class PeerMismatchError(ValueError):
     """A peer's checkpoint is of another architecture: a configuration mistake."""
 
 
-class ExchangeWriteError(RuntimeError):
-    """The group cannot publish its checkpoint (full or unwritable exchange dir)."""
+# The group cannot write into its directory (full or unwritable exchange dir).
+ExchangeWriteError = exchange.ExchangeWriteError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -690,13 +690,22 @@ class CodistillModel(keras.Model):
         if self._publisher is None:
             return None
         step = self._own_step()
+        if step != self._publisher.last_published_step and self._publisher.is_published(step):
+            # A restarted group going again through steps it published before.
+            logging.info(
+                "Group %d: step %d was published before this process started; kept as it is",
+                self._group_index,
+                step,
+            )
+            return self._publisher.publish(step)
         start = time.perf_counter()
         try:
             path = self._publisher.publish(step)
-        except tf.errors.OpError as e:
+        except (tf.errors.OpError, OSError) as e:
+            # One line: train.py shows it as the reason the group stopped.
             raise ExchangeWriteError(
                 f"group {self._group_index} cannot publish step {step} into "
-                f"{self._publisher.directory}: {e.message}"
+                f"{self._publisher.directory}: {exchange.write_failure(e)}"
             ) from e
         # The first publication at INFO, the routine ones at verbosity 1.
         logging.vlog(

@@ -35,6 +35,7 @@ nothing is unpickled, deserialised as a Keras model or executed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging as std_logging
 import posixpath
@@ -53,6 +54,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointMismatchError",
     "CheckpointRef",
+    "ExchangeWriteError",
     "ModelSignature",
     "PeerCheckpointError",
     "Publisher",
@@ -60,6 +62,8 @@ __all__ = [
     "group_dir",
     "latest_checkpoint",
     "outside_strategy",
+    "write_failure",
+    "writing",
 ]
 
 CHECKPOINT_NAME = "ckpt"
@@ -97,6 +101,36 @@ class PeerCheckpointError(Exception):
 
 class CheckpointMismatchError(PeerCheckpointError):
     """A peer checkpoint whose variables are not this model's (names, shapes, dtypes)."""
+
+
+class ExchangeWriteError(RuntimeError):
+    """A group cannot write into its directory (full or unwritable exchange dir)."""
+
+
+@contextlib.contextmanager
+def writing(what: str, directory: str):
+    """Turns a failed write of `what` into `directory` into one `ExchangeWriteError`.
+
+    A full or unwritable exchange dir fails the group's writes with
+    `tf.errors.OpError`s of several types, depending on errno: ENOSPC and
+    EDQUOT give `ResourceExhaustedError`, EACCES and EROFS
+    `PermissionDeniedError`, a file in the way of a directory
+    `FailedPreconditionError`, and EFBIG (a file size limit) gives
+    `OutOfRangeError`, which Keras' `fit` takes for the end of the training
+    data when a callback raises it and then silently stops the epoch. All of
+    them become one error that names the directory, with the reason on one line.
+
+    Args:
+      what: what was being written, for the message (e.g. "the resume state").
+      directory: where.
+
+    Raises:
+      ExchangeWriteError: a write inside the block failed.
+    """
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as e:
+        raise ExchangeWriteError(f"cannot write {what} into {directory}: {write_failure(e)}") from e
 
 
 def group_dir(exchange_dir: str, group_index: int) -> str:
@@ -326,15 +360,29 @@ class Publisher:
     def last_published_step(self) -> Optional[int]:
         return self._last_published
 
+    def is_published(self, step: int) -> bool:
+        """Whether `ckpt-<step>` is one of the checkpoints the state file lists."""
+        name = f"{CHECKPOINT_NAME}-{int(step)}"
+        return any(posixpath.basename(p) == name for p in self._manager.checkpoints)
+
     def publish(self, step: int) -> str:
-        """Saves the model as `ckpt-<step>`; a repeated step is not saved twice.
+        """Saves the model as `ckpt-<step>`; a published step is never saved again.
+
+        A group restarted from its backup trains again through steps it had
+        already published before it was stopped. Those checkpoints stay as
+        they are: saving one again would rewrite its index in place, and a
+        peer reading it at that moment (or after this process is killed
+        midway) would find it half-written. Readers go on seeing the earlier
+        ones until the group publishes a step it has not published before.
 
         Raises:
           tf.errors.OpError: the directory cannot be written.
         """
         step = int(step)
-        if step == self._last_published:
-            return checkpoint_prefix(self.directory, step)
+        prefix = checkpoint_prefix(self.directory, step)
+        if step == self._last_published or self.is_published(step):
+            self._last_published = step
+            return prefix
 
         def save():
             self._step.assign(step)
@@ -461,6 +509,15 @@ class TeacherLoader:
         """
         for target, source in zip(teacher.weights, self.staging.weights, strict=True):
             target.assign(source.read_value())
+
+
+def write_failure(e: BaseException) -> str:
+    """An OS or TensorFlow write error on one line, without TF's op decorations."""
+    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    message = re.sub(r"\[Op:\w+\].*", "", message, flags=re.DOTALL)
+    message = " ".join(message.split())
+    return message[:300] + "..." if len(message) > 300 else message
 
 
 def _reason(e: BaseException) -> str:

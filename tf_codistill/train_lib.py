@@ -69,9 +69,38 @@ def _check_positive(name: str, value: int) -> int:
 def _writable_dir(path: str, chief: bool) -> str:
     """`path` on the chief; a throw-away directory on other workers."""
     if chief:
-        tf.io.gfile.makedirs(path)
+        with exchange.writing("the group's directory", path):
+            tf.io.gfile.makedirs(path)
         return path
     return tempfile.mkdtemp(prefix="tf_codistill_worker_")
+
+
+def _write_operative_config(group_dir: str) -> None:
+    with exchange.writing("the operative config", group_dir):
+        gin_utils.write_operative_config(group_dir)
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose failed writes stop training with one clear error.
+
+    Keras lets a failed backup's `tf.errors.OpError` out of the callback; an
+    `OutOfRangeError` (EFBIG: a file size limit) would then be taken by `fit`
+    for the end of the data and end the epoch without a word.
+
+    Also records the *last* batch of an execution as the one backed up: Keras
+    records the first (`on_train_batch_begin`), so with `steps_per_execution`
+    > 1 a restarted group repeated all but one of that execution's batches,
+    training more steps than asked and shifting its evaluations.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._training_state._ckpt_saved_batch.assign(batch)  # pylint: disable=protected-access
+        with exchange.writing("the resume state", self.backup_dir):
+            super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with exchange.writing("the resume state", self.backup_dir):
+            super().on_epoch_end(epoch, logs)
 
 
 def _resumed_step(backup_dir: str) -> int:
@@ -248,8 +277,9 @@ def train_group(
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
         first checkpoint before the first step (0: no barrier).
-      backup_every_n_steps: interval of the resume state; defaults to
-        `steps_per_loop`.
+      backup_every_n_steps: interval of the resume state, in train steps
+        (whole executions of `steps_per_execution` steps, rounded down);
+        defaults to `steps_per_loop`.
       log_every_n_steps: interval of the progress lines.
       callbacks: zero-argument factories of extra Keras callbacks (in gin,
         `[@tf_codistill.models.CarriedStateCallback]`), run after the built-in
@@ -262,6 +292,8 @@ def train_group(
 
     Raises:
       ValueError: an inconsistent setting, naming it.
+      ExchangeWriteError: the group's directory cannot be written (full or
+        unwritable); what was published before stays complete and readable.
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
@@ -361,14 +393,15 @@ def train_group(
         )
         logging.info("%s: %d evaluation steps", prefix, eval_steps)
     if chief:
-        gin_utils.write_operative_config(group_dir)
+        _write_operative_config(group_dir)
     history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
     fit_callbacks = [
-        keras.callbacks.BackupAndRestore(
+        _BackupAndRestore(
             # The same directory on every worker: Keras lets only the chief
             # write there, and a restarted non-chief worker reads it back.
             backup_dir,
-            save_freq=backup_every_n_steps,
+            # Keras counts executions (of steps_per_execution steps), not steps.
+            save_freq=max(1, backup_every_n_steps // steps_per_execution),
             delete_checkpoint=False,
         ),
         callbacks_lib.ExchangeCallback(wait_for_peers_s=wait_for_peers_s if codistill else 0.0),
@@ -406,7 +439,7 @@ def train_group(
     history.write()
     results = history.results()
     if chief:
-        gin_utils.write_operative_config(group_dir)
+        _write_operative_config(group_dir)
     final = results["final"]
     logging.info(
         "%s: done, %d steps in %.0f s; final %s",
@@ -464,6 +497,8 @@ class _History(keras.callbacks.Callback):
         if not self.path:
             return
         tmp = self.path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            json.dump(self.results(), f, indent=2, sort_keys=True)
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        # Written whole, then renamed: a reader never sees half a file.
+        with exchange.writing("the metrics", os.path.dirname(self.path)):
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                json.dump(self.results(), f, indent=2, sort_keys=True)
+            tf.io.gfile.rename(tmp, self.path, overwrite=True)
