@@ -67,6 +67,9 @@ def test_skip_consumed_resumes_the_example_stream():
         return np.concatenate([b.numpy() for b in dataset.take(take)])
 
     np.testing.assert_array_equal(stream(7, 10), stream(0, 17)[7 * 4 :])
+    # One pipeline feeding two replicas (MirroredStrategy): a step took two batches.
+    fed = sharding.DataContext(batch_size=4, initial_step=7, replicas_per_pipeline=2)
+    assert fed.skip_consumed(tf.data.Dataset.range(100)).cardinality() == 100 - 7 * 4 * 2
     evaluation = sharding.DataContext(training=False, batch_size=4, initial_step=7)
     assert evaluation.skip_consumed(tf.data.Dataset.range(3)).cardinality() == 3
 

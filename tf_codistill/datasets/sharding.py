@@ -123,12 +123,15 @@ class DataContext:
 
         Apply to the shuffled, repeated stream of examples, before batching
         (and before expensive decoding, if possible): with seeded shuffles the
-        stream is the same after a restart, so skipping `initial_step`
-        batches' worth of examples puts the group where it stopped. It costs
-        reading those examples once; evaluation data is never skipped.
+        stream is the same after a restart, so skipping what `initial_step`
+        steps consumed puts the group where it stopped: a step takes one batch
+        per replica this pipeline feeds (`replicas_per_pipeline` batches of
+        `batch_size`). It costs reading those examples once; evaluation data is
+        never skipped.
         """
         if self.training and self.initial_step > 0:
-            dataset = dataset.skip(self.initial_step * self.batch_size)
+            consumed = self.initial_step * self.batch_size * self.replicas_per_pipeline
+            dataset = dataset.skip(consumed)
         return dataset
 
     def shard_workers(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
