@@ -294,6 +294,34 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
         kernel = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
         self.assertAllEqual(kernel, student.get_weights()[0])
 
+    def test_cleanup_never_deletes_files_a_forged_state_file_names(self):
+        root = self.create_tempdir().full_path
+        group_dir = exchange.group_dir(root, 0)
+        exchange.Publisher(testing.mlp(), group_dir, max_to_keep=1).publish(1)
+        victim = os.path.join(root, "precious")
+        for suffix in (".index", ".data-00000-of-00001"):
+            with open(victim + suffix, "w") as f:
+                f.write("not yours")
+        # Listed as the oldest checkpoint: the next save's cleanup would take it.
+        with open(os.path.join(group_dir, "checkpoint"), "w") as f:
+            f.write(
+                'model_checkpoint_path: "ckpt-1"\n'
+                f'all_model_checkpoint_paths: "{victim}"\n'
+                'all_model_checkpoint_paths: "ckpt-1"\n'
+                "all_model_checkpoint_timestamps: 1.0\n"
+                "all_model_checkpoint_timestamps: 2.0\n"
+                "last_preserved_timestamp: 0.5\n"
+            )
+        with self.assertLogs(level="WARNING") as logs:
+            publisher = exchange.Publisher(testing.mlp(), group_dir, max_to_keep=1)
+        self.assertIn("not a checkpoint of this directory", "\n".join(logs.output))
+        for step in (2, 3):
+            publisher.publish(step)
+        self.assertTrue(os.path.exists(victim + ".index"))
+        self.assertTrue(os.path.exists(victim + ".data-00000-of-00001"))
+        self.assertEqual(exchange.latest_checkpoint(group_dir).step, 3)
+        self.assertFalse(os.path.exists(os.path.join(group_dir, "ckpt-2.index")))
+
     @parameterized.parameters(
         (tf.errors.OutOfRangeError(None, None, "/x/ckpt-1.data; File too large"),),
         (tf.errors.ResourceExhaustedError(None, None, "/x/f; No space left on device"),),

@@ -354,7 +354,33 @@ class Publisher:
             return step, manager
 
         self._step, self._manager = outside_strategy(make)
+        self._forget_foreign_paths()
         self._last_published: Optional[int] = None
+
+    def _forget_foreign_paths(self) -> None:
+        """Keeps the cleanup to this directory's own `ckpt-<step>` files.
+
+        `CheckpointManager` adopts every path the state file lists, absolute
+        ones included, and its cleanup deletes `<path>.index` and
+        `<path>.data-*` for them. A state file edited by someone else could
+        otherwise make this group delete files elsewhere (docs/SECURITY.md).
+        """
+        pending = getattr(self._manager, "_maybe_delete", None)
+        if not isinstance(pending, dict):  # TF internals changed: nothing to filter.
+            return
+        own = posixpath.normpath(self.directory)
+        for path in list(pending):
+            if not (
+                posixpath.normpath(posixpath.dirname(path)) == own
+                and _CHECKPOINT_BASENAME.match(posixpath.basename(path))
+            ):
+                absl_logging.warning(
+                    "%s/checkpoint lists %r, not a checkpoint of this directory: it will "
+                    "not be deleted by this group's cleanup",
+                    self.directory,
+                    path,
+                )
+                del pending[path]
 
     @property
     def last_published_step(self) -> Optional[int]:
