@@ -43,9 +43,12 @@ setup(
         "gin-config>=0.5,<0.6",
         "absl-py>=2.0",
         "numpy",
+        # The TFDS builders use etils.epath directly (it comes with tensorflow-datasets).
+        "etils",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff==0.17.5"],
+        # matplotlib: tests/test_reproduce.py renders the reproduction plots.
+        "test": ["pytest>=8", "ruff==0.17.5", "matplotlib>=3.8"],
         "plots": ["matplotlib>=3.8"],
     },
     entry_points={
