@@ -89,6 +89,8 @@ def main(argv):
                 "sets tf_codistill.train_lib.train_group's input_fn, e.g. demo/tiny.gin)"
             )
         head = FLAGS.head
+        if head == "auto" and loaded[0].head:  # an ensemble: its members' head
+            head = loaded[0].head
         if head == "auto":
             head = metrics.infer_head(
                 config.distill_loss if first_run is not None else None,

@@ -109,6 +109,18 @@ def test_retrains_and_an_ensemble(runs, tmp_path, capsys):
     assert f"{r0}:0  vs  {r1}:0" in table and "half-range over 3 pairs" in table
 
 
+def test_retrains_of_an_ensemble_first(runs, tmp_path):
+    # An ensemble named first has never been called: its head comes from its members.
+    (r0, r1), students = runs
+    output = str(tmp_path / "churn.json")
+    run_main([f"{r0}:0+1", f"{r1}:0+1"], output_json=output)
+    with open(output) as f:
+        report = json.load(f)
+    p = [(probabilities(students[r, 0]) + probabilities(students[r, 1])) / 2 for r in (0, 1)]
+    assert report["head"] == "softmax"
+    np.testing.assert_allclose(report["pairs"][0]["mean_abs_diff"], expected_pair(*p)[0], rtol=1e-5)
+
+
 def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
     (r0, r1), students = runs
     paths = []

@@ -318,6 +318,12 @@ class RunConfig:
             metrics = [m if isinstance(m, str) else m() for m in self.value("metrics")]
         return loss, metrics
 
+    def weighted_metrics(self) -> list:
+        """New instances of the run's weighted metrics (e.g. the LM's per-token cross-entropy)."""
+        with self.active():
+            weighted = self.value("weighted_metrics") or []
+            return [m if isinstance(m, str) else m() for m in weighted]
+
 
 @dataclasses.dataclass
 class GroupRun:
@@ -476,7 +482,9 @@ class GroupEvaluator:
         self.signature = exchange.ModelSignature.of_model(self.model)
         self.dataset = run.config.dataset(run.group_index, run.num_groups)
         loss, metrics = run.config.loss_and_metrics()
-        self.model.compile(loss=loss, metrics=metrics)
+        self.model.compile(
+            loss=loss, metrics=metrics, weighted_metrics=run.config.weighted_metrics()
+        )
         self.results = Results(
             output_dir or default_output_dir(run.root_dir),
             run.name,
@@ -774,7 +782,7 @@ def evaluate_ensemble(
         head = metrics_lib.infer_head(first.config.distill_loss, members[0].output_shape)
     ensemble = EnsembleModel(members, head)
     loss, metrics = first.config.loss_and_metrics()
-    ensemble.compile(loss=loss, metrics=metrics)
+    ensemble.compile(loss=loss, metrics=metrics, weighted_metrics=first.config.weighted_metrics())
     dataset = first.config.dataset(first.group_index, first.num_groups)
     values = _evaluate(ensemble, dataset, first.config.eval_steps)
     name = ensemble_name([r.group_index for r in runs])
