@@ -343,7 +343,7 @@ def planted() -> Workload:
         batch=64,
         train_steps=3000,
         eval_every=100,
-        loss_keys=("val_task_loss", "val_loss"),
+        loss_keys=("val_cross_entropy",),
         seconds_per_step=0.004,
         startup_s=12,
     )
@@ -911,8 +911,25 @@ def run_experiment(exp: Experiment, workload_name: str, prepared: set) -> dict:
     if w.prepare is not None and not FLAGS.quick:
         info = w.prepare()
     start = time.time()
-    result, table, data = exp.fn(w, lambda runs: train(runs, prepared))
+    used: list[Run] = []
+
+    def train_(runs):
+        used.extend(runs)
+        train(runs, prepared)
+
+    result, table, data = exp.fn(w, train_)
     elapsed = time.time() - start
+    # Training time of the runs it reports, wherever they were trained (runs
+    # trained together in one wave share its time).
+    waves = {}
+    for run in used:
+        try:
+            with open(os.path.join(run.root(), "wall_s.json")) as f:
+                kept = json.load(f)
+            waves[kept["trained_with"]] = kept["wall_s"]
+        except (OSError, ValueError, KeyError):
+            pass
+    training_s = sum(waves.values())
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     ylabel = "validation " + w.loss_keys[0].replace("val_", "").replace("_", " ")
     png = os.path.join(FLAGS.out_dir, f"{name}.png")
@@ -921,8 +938,9 @@ def run_experiment(exp: Experiment, workload_name: str, prepared: set) -> dict:
         f"### {name}: {exp.claim}\n\n"
         f"Workload `{w.name}` (`gin/{w.gin_file}` + the bindings in "
         f"benchmarks/reproduce.py), B = {w.batch}, {w.train_steps} steps, evaluated every "
-        f"{w.eval_every}. Machine: {_machine()}. This experiment's wall time: "
-        f"{elapsed / 60:.1f} min (runs kept from earlier experiments are not retrained).\n\n"
+        f"{w.eval_every}. Machine: {_machine()}. Wall time of training its runs: "
+        f"{training_s / 60:.1f} min, in waves of up to {FLAGS.parallel} processes on the "
+        "machine's 2 cores (other work may have shared them).\n\n"
     )
     markdown = header + table + "\n"
     if plotted:
@@ -935,6 +953,7 @@ def run_experiment(exp: Experiment, workload_name: str, prepared: set) -> dict:
         "quick": FLAGS.quick,
         "machine": _machine(),
         "wall_s": elapsed,
+        "training_s": training_s,
         "info": info,
         "result": result,
         "curves": data,
