@@ -734,7 +734,8 @@ def exp_c5(w: Workload, train_) -> tuple[dict, str, dict]:
     runs = [base, *cod]
     train_(runs)
     rows = [
-        "| exchange every | mean best val loss | mean final val loss | mean teacher staleness |",
+        "| exchange every | mean best val loss | mean final val loss "
+        "| mean abs. teacher staleness (steps) |",
         "| --- | --- | --- | --- |",
     ]
     raw = {}
@@ -754,11 +755,16 @@ def exp_c5(w: Workload, train_) -> tuple[dict, str, dict]:
 
 
 def _mean_staleness(run: Run) -> Optional[float]:
-    """Mean of the logged `teacher_staleness` after burn-in, over both groups."""
+    """Mean absolute logged `teacher_staleness` once teachers are in use, over the groups.
+
+    Staleness is the group's step minus its teacher's: negative when the peer
+    runs ahead. Its size is what matters (how far apart the two models are),
+    so the mean is of absolute values; exact zeros (no teacher yet) are left out.
+    """
     values = []
     for g in range(run.num_groups):
         tb = os.path.join(run.root(), f"group_{g}", "tensorboard")
-        values += [v for s, v in _scalars(tb, "teacher_staleness") if v > 0]
+        values += [abs(v) for s, v in _scalars(tb, "teacher_staleness") if v != 0]
     return sum(values) / len(values) if values else None
 
 
