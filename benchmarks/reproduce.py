@@ -45,6 +45,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -992,7 +993,17 @@ def _planned_estimate(exp: Experiment, workload_name: str) -> float:
     return max((r.estimate_s() for r in runs), default=0.0) * waves
 
 
+def _stop(signum, frame):
+    # Raised in the main thread: the LocalCluster of the running wave stops
+    # its training processes on the way out.
+    raise SystemExit(128 + signum)
+
+
 def main(argv):
+    # Background jobs of a non-interactive shell start with SIGINT ignored;
+    # either signal must still stop the harness and the runs it started.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     names = argv[1:]
     if FLAGS.list or not names:
         print("experiments (expected minutes from scratch on 2 cores; kept runs are reused):")
