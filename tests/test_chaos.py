@@ -62,20 +62,11 @@ def _truncate_data(prefix):
         f.truncate(os.path.getsize(_data_file(prefix)) // 2)
 
 
-def _flip_data_byte(prefix):
-    path = _data_file(prefix)
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def _empty_index(prefix):
     open(prefix + ".index", "wb").close()
 
 
-CORRUPTIONS = [_truncate_data, _flip_data_byte, _empty_index]
+CORRUPTIONS = [_truncate_data, drills.flip_data_byte, _empty_index]
 # What a reader says about them (a restore already under way when the file
 # changes may fail on reading it rather than on its size or checksum).
 CORRUPTION_REASONS = re.compile(

@@ -11,6 +11,7 @@ from absl.testing import parameterized
 import tf_codistill
 from tf_codistill import exchange
 from tf_codistill import testing
+from tf_codistill.testing import drills
 
 
 def _data_file(prefix):
@@ -26,15 +27,6 @@ def _truncate(fraction):
             f.truncate(int(size * fraction))
 
     return corrupt
-
-
-def _flip_byte(prefix):
-    path = _data_file(prefix)
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def _grow(suffix, size):
@@ -144,7 +136,7 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         ("data_truncated_to_zero", _truncate(0.0), "ckpt-10 holds 0 bytes of data, less than"),
         ("data_truncated_half", _truncate(0.5), r"ckpt-10 holds \d+ bytes of data, less than"),
         ("data_truncated_99", _truncate(0.99), "cannot restore ckpt-10"),
-        ("data_bit_flip", _flip_byte, "cannot restore ckpt-10: DataLossError"),
+        ("data_bit_flip", drills.flip_data_byte, "cannot restore ckpt-10: DataLossError"),
         ("index_zero_length", _empty_index, "cannot read the index of ckpt-10"),
         ("index_without_data", _delete_data, "ckpt-10 holds 0 bytes of data"),
         (

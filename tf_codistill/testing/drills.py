@@ -141,6 +141,16 @@ class OutputLog:
             time.sleep(0.02)
 
 
+def flip_data_byte(prefix: str) -> None:
+    """Inverts the middle byte of a checkpoint's data file (a bit-flipped checkpoint)."""
+    path = prefix + ".data-00000-of-00001"
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
 def progress_steps(lines: list[str]) -> list[int]:
     """The steps of the training progress lines among `lines`."""
     return [int(m[2]) for m in map(PROGRESS.search, lines) if m]
