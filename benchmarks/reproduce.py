@@ -480,6 +480,8 @@ def codistill(w: Workload, num_groups: int = 2, seed: int = 0, **overrides: Any)
         parts.append("same data")
     if "exchange_every_n_steps" in overrides:
         parts.append(f"exchange every {overrides['exchange_every_n_steps']}")
+    if "burn_in_steps" in overrides:
+        parts.append(f"burn-in {overrides['burn_in_steps']}")
     if seed:
         parts.append(f"seed {seed}")
     items = [("model_seed", 100 * seed), ("data_seed", seed)] + sorted(overrides.items())
@@ -661,6 +663,20 @@ def exp_c2(w: Workload, train_) -> tuple[dict, str, dict]:
     cod = [codistill(w, 2)]
     train_(baselines + cod)
     raw, table = _speedup_rows(w, baselines, cod)
+    return raw, table, curves(baselines + cod)
+
+
+def exp_burn_in(w: Workload, train_) -> tuple[dict, str, dict]:
+    """C2 again with distillation switched on later: does a weak early teacher hurt?"""
+    late = int(0.6 * w.train_steps)
+    baselines = [baseline(w, 1), baseline(w, 2)]
+    cod = [codistill(w, 2), codistill(w, 2, burn_in_steps=late)]
+    train_(baselines + cod)
+    raw, table = _speedup_rows(w, baselines, cod)
+    burn_in = w.bindings.get("burn_in_steps", "the gin file's")
+    table = (
+        f"Burn-in {burn_in} steps (the workload's) and {late} steps (60% of the run).\n\n" + table
+    )
     return raw, table, curves(baselines + cod)
 
 
@@ -862,6 +878,12 @@ EXPERIMENTS = {
         ),
         Experiment(
             "nway", "beyond the paper: 2, 3 and 4 codistilling groups", exp_nway, ("planted",)
+        ),
+        Experiment(
+            "burn_in",
+            "C2 with a late burn-in: is an early, weak teacher what hurts?",
+            exp_burn_in,
+            ("lm", "planted"),
         ),
     ]
 }

@@ -33,6 +33,7 @@ EXPERIMENTS = {
     "c5_staleness": ["planted"],
     "c8_churn": ["planted"],
     "nway": ["planted"],
+    "burn_in": ["planted"],
 }
 
 
