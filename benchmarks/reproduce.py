@@ -294,14 +294,6 @@ def steps_to(curve: Sequence[tuple[int, float]], target: float) -> Optional[int]
     return next((s for s, v in curve if v <= target), None)
 
 
-def wall_s(run: Run) -> Optional[float]:
-    try:
-        with open(os.path.join(run.root(), "wall_s.json")) as f:
-            return json.load(f)["wall_s"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 # ----------------------------------------------------------------------------
 # Workloads.
 
@@ -778,25 +770,13 @@ def _mean_staleness(run: Run) -> Optional[float]:
     runs ahead. Its size is what matters (how far apart the two models are),
     so the mean is of absolute values; exact zeros (no teacher yet) are left out.
     """
+    from tf_codistill.testing import drills
+
     values = []
     for g in range(run.num_groups):
-        tb = os.path.join(run.root(), f"group_{g}", "tensorboard")
-        values += [abs(v) for s, v in _scalars(tb, "teacher_staleness") if v != 0]
+        group_dir = os.path.join(run.root(), f"group_{g}")
+        values += [abs(v) for _, v in drills.scalars(group_dir, "teacher_staleness") if v != 0]
     return sum(values) / len(values) if values else None
-
-
-def _scalars(directory: str, tag: str) -> list[tuple[int, float]]:
-    import tensorflow as tf
-
-    out = []
-    for path in tf.io.gfile.glob(os.path.join(directory, "**", "events.out.tfevents.*")) + (
-        tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))
-    ):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag.split("/")[-1] == tag:
-                    out.append((event.step, float(tf.make_ndarray(value.tensor))))
-    return sorted(out)
 
 
 def exp_c8(w: Workload, train_) -> tuple[dict, str, dict]:

@@ -8,7 +8,6 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from tf_codistill import exchange
 from tf_codistill import gin_utils
@@ -18,8 +17,6 @@ from tf_codistill import train_lib
 from tf_codistill.datasets import text
 from tf_codistill.models import lstm_lm as lstm_lm_lib
 
-train = testing.load_binary("train")
-FLAGS = flags.FLAGS
 NO_WAIT = "tf_codistill.train_lib.train_group.wait_for_peers_s = 0"
 
 
@@ -34,17 +31,6 @@ def clean_gin():
 def at_repo_root(monkeypatch):
     # gin/lm/tiny.gin names the bundled text relative to the repository root.
     monkeypatch.chdir(testing.repo_root())
-
-
-def run_main(tmp_path, gin_files, bindings=(), group_index=0, num_groups=2):
-    FLAGS.gin_file = list(gin_files)
-    FLAGS.gin_bindings = list(bindings)
-    FLAGS.root_dir = str(tmp_path)
-    FLAGS.group_index = group_index
-    FLAGS.num_groups = num_groups
-    FLAGS.strategy = "default"
-    FLAGS.tpu = None
-    train.main([])
 
 
 def scalars(directory):
@@ -66,7 +52,7 @@ def test_tiny_lm_codistills_and_writes_outputs(tmp_path):
     exchange.Publisher(peer, exchange.group_dir(str(tmp_path), 1)).publish(0)
     gin.clear_config()
 
-    run_main(tmp_path, ["lm/tiny.gin"], [NO_WAIT])
+    testing.run_train_main(tmp_path, ["lm/tiny.gin"], [NO_WAIT])
 
     group = tmp_path / "group_0"
     config = (group / "operative_config.gin").read_text()

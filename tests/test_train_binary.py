@@ -7,13 +7,9 @@ import os
 import gin
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from tf_codistill import gin_utils
 from tf_codistill import testing
-
-train = testing.load_binary("train")
-FLAGS = flags.FLAGS
 
 GIN_DIR = os.path.join(testing.repo_root(), "gin")
 GIN_FILES = sorted(
@@ -29,17 +25,6 @@ def clean_gin():
     gin.clear_config()
 
 
-def run_main(tmp_path, gin_files, bindings=(), group_index=0, num_groups=2):
-    FLAGS.gin_file = list(gin_files)
-    FLAGS.gin_bindings = list(bindings)
-    FLAGS.root_dir = str(tmp_path)
-    FLAGS.group_index = group_index
-    FLAGS.num_groups = num_groups
-    FLAGS.strategy = "default"
-    FLAGS.tpu = None
-    train.main([])
-
-
 @pytest.mark.parametrize("gin_file", GIN_FILES)
 def test_every_shipped_gin_file_parses(gin_file):
     gin_utils.parse([gin_file], finalize=False)
@@ -47,7 +32,7 @@ def test_every_shipped_gin_file_parses(gin_file):
 
 
 def test_tiny_demo_writes_config_checkpoints_summaries(tmp_path):
-    run_main(
+    testing.run_train_main(
         tmp_path, ["demo/tiny.gin"], ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
     )
     group = tmp_path / "group_0"
@@ -74,10 +59,10 @@ def test_tiny_demo_writes_config_checkpoints_summaries(tmp_path):
 
 def test_rerun_after_completion_resumes_instead_of_retraining(tmp_path):
     bindings = ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
-    run_main(tmp_path, ["demo/tiny.gin"], bindings)
+    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings)
     first = json.loads((tmp_path / "group_0" / "metrics.json").read_text())
     gin.clear_config()
-    run_main(tmp_path, ["demo/tiny.gin"], bindings)
+    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings)
     second = json.loads((tmp_path / "group_0" / "metrics.json").read_text())
     assert second["steps"] == 40
     assert second["history"] == first["history"]
@@ -117,7 +102,7 @@ def test_rerun_after_completion_resumes_instead_of_retraining(tmp_path):
 )
 def test_mistakes_give_one_clear_message(tmp_path, gin_files, bindings, group_index, message):
     with pytest.raises(SystemExit) as exit_info:
-        run_main(tmp_path, gin_files, bindings, group_index=group_index)
+        testing.run_train_main(tmp_path, gin_files, bindings, group_index=group_index)
     text = str(exit_info.value.code)
     assert text.startswith("train.py: ") and message in text, text
     assert "Traceback" not in text

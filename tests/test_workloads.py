@@ -12,14 +12,11 @@ import gin
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import flags
 
 from tf_codistill import gin_utils
 from tf_codistill import testing
 from tf_codistill import train_lib
 
-train = testing.load_binary("train")
-FLAGS = flags.FLAGS
 ROOT = "tf_codistill.train_lib.train_group"
 
 
@@ -28,17 +25,6 @@ def clean_gin():
     gin.clear_config()
     yield
     gin.clear_config()
-
-
-def run_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2):
-    FLAGS.gin_file = list(gin_files)
-    FLAGS.gin_bindings = list(bindings)
-    FLAGS.root_dir = str(root_dir)
-    FLAGS.group_index = group_index
-    FLAGS.num_groups = num_groups
-    FLAGS.strategy = "default"
-    FLAGS.tpu = None
-    train.main([])
 
 
 def bound(name):
@@ -118,7 +104,7 @@ def summary_tags(group_dir):
 
 
 def test_criteo_tiny_trains_on_testdata(tmp_path):
-    run_main(
+    testing.run_train_main(
         tmp_path / "run",
         ["criteo/tiny.gin"],
         [
@@ -146,7 +132,7 @@ def test_criteo_tiny_trains_on_testdata(tmp_path):
 
 def test_imagenet_tiny_trains_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=16):
-        run_main(tmp_path, ["imagenet/tiny.gin"], [f"{ROOT}.wait_for_peers_s = 0"])
+        testing.run_train_main(tmp_path, ["imagenet/tiny.gin"], [f"{ROOT}.wait_for_peers_s = 0"])
     group = tmp_path / "group_0"
     config = (group / "operative_config.gin").read_text()
     assert "small_resnet" in config and "imagenet_input_fn" in config

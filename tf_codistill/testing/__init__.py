@@ -5,6 +5,7 @@ from tf_codistill.testing.fixtures import load_binary
 from tf_codistill.testing.fixtures import mirrored_strategy
 from tf_codistill.testing.fixtures import mlp
 from tf_codistill.testing.fixtures import repo_root
+from tf_codistill.testing.fixtures import run_train_main
 from tf_codistill.testing.fixtures import toy_classification
 from tf_codistill.testing.fixtures import use_virtual_cpus
 
@@ -14,6 +15,7 @@ __all__ = [
     "mirrored_strategy",
     "mlp",
     "repo_root",
+    "run_train_main",
     "toy_classification",
     "use_virtual_cpus",
 ]

@@ -131,3 +131,19 @@ def repo_root() -> str:
     import tf_codistill
 
     return os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))
+
+
+def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2):
+    """Runs `binaries/train.py`'s `main` in this process with these flags (default strategy)."""
+    from absl import flags
+
+    train = load_binary("train")
+    flags_ = flags.FLAGS
+    flags_.gin_file = list(gin_files)
+    flags_.gin_bindings = list(bindings)
+    flags_.root_dir = str(root_dir)
+    flags_.group_index = group_index
+    flags_.num_groups = num_groups
+    flags_.strategy = "default"
+    flags_.tpu = None
+    train.main([])
