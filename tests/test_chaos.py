@@ -127,13 +127,7 @@ def test_kill_restart_and_corruption_while_codistilling(tmp_path):
     with local_cluster.LocalCluster(tasks, write=log, grace_s=5) as cluster:
         cluster.start()
         g0, g1 = cluster.processes["g0"], cluster.processes["g1"]
-        log.wait_for(
-            lambda line: any(s >= kill_at for s in drills.progress_steps([line])),
-            "g0",
-            timeout_s=240,
-            process=g0,
-            what=f"step {kill_at}",
-        )
+        log.wait_for_step("g0", kill_at, process=g0, timeout_s=240)
         time.sleep(rng.uniform(0.0, 0.05))
         cluster.kill("g0")
         assert g0.wait(timeout=30) == -signal.SIGKILL, "group 0 finished before the kill"

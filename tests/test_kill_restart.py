@@ -23,9 +23,10 @@ pytestmark = pytest.mark.slow
 TRAIN_STEPS = 400
 BACKUP_EVERY = 25
 LOG_EVERY = 5
+STEPS_PER_LOOP = 100
 BINDINGS = dict(
     train_steps=TRAIN_STEPS,
-    steps_per_loop=100,
+    steps_per_loop=STEPS_PER_LOOP,
     backup_every_n_steps=BACKUP_EVERY,
     # Publishing every 5 steps puts many saves in flight for the kill to hit.
     exchange_every_n_steps=5,
@@ -43,7 +44,10 @@ def test_sigkill_at_a_random_moment_resumes_from_the_last_save(tmp_path):
     rng = random.Random(seed)
     # Killed once a progress line reaches this step (after the first save),
     # plus up to 50 ms: within a step, a save or a publication.
-    kill_at = rng.randint(BACKUP_EVERY + 1, TRAIN_STEPS - 150)
+    # A 50 ms jitter is up to ~20 steps of this model on 2 cores.
+    kill_at = drills.kill_step(
+        rng, BACKUP_EVERY + 1, TRAIN_STEPS - 150, STEPS_PER_LOOP, LOG_EVERY, margin=20
+    )
     jitter_s = rng.uniform(0.0, 0.05)
     print(f"seed {seed}: kill after step {kill_at} + {jitter_s * 1000:.0f} ms")
 
@@ -58,13 +62,7 @@ def test_sigkill_at_a_random_moment_resumes_from_the_last_save(tmp_path):
         ) as cluster:
             cluster.start()
             process = cluster.processes["g0"]
-            log.wait_for(
-                lambda line: any(s >= kill_at for s in drills.progress_steps([line])),
-                "g0",
-                timeout_s=240,
-                process=process,
-                what=f"step {kill_at}",
-            )
+            log.wait_for_step("g0", kill_at, process=process, timeout_s=240)
             time.sleep(jitter_s)
             cluster.kill("g0")
             assert process.wait(timeout=30) == -signal.SIGKILL, "finished before the kill"

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 TRAIN_STEPS = 200
 BACKUP_EVERY = 20
 LOG_EVERY = 10
+STEPS_PER_LOOP = 100
 BINDINGS = dict(
     train_steps=TRAIN_STEPS,
-    steps_per_loop=100,
+    steps_per_loop=STEPS_PER_LOOP,
     backup_every_n_steps=BACKUP_EVERY,
     log_every_n_steps=LOG_EVERY,
 )
@@ -49,20 +50,16 @@ def _tasks(root_dir):
 
 def test_killed_worker_then_restarted_group_resumes_at_one_step(tmp_path):
     seed = int(os.environ.get("TF_CODISTILL_DRILL_SEED", time.time_ns() % 2**31))
-    kill_at = random.Random(seed).randint(BACKUP_EVERY + 1, TRAIN_STEPS - 80)
+    kill_at = drills.kill_step(
+        random.Random(seed), BACKUP_EVERY + 1, TRAIN_STEPS - 80, STEPS_PER_LOOP, LOG_EVERY
+    )
     print(f"seed {seed}: worker 1 killed after step {kill_at}")
     group_dir = str(tmp_path / "group_0")
     log = drills.OutputLog()
 
     with local_cluster.LocalCluster(_tasks(str(tmp_path)), write=log, grace_s=5) as cluster:
         cluster.start()
-        log.wait_for(
-            lambda line: any(s >= kill_at for s in drills.progress_steps([line])),
-            "w1",
-            timeout_s=300,
-            process=cluster.processes["w1"],
-            what=f"step {kill_at}",
-        )
+        log.wait_for_step("w1", kill_at, process=cluster.processes["w1"], timeout_s=300)
         cluster.kill("w1")
         chief = cluster.processes["w0"]
         try:

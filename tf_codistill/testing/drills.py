@@ -140,6 +140,37 @@ class OutputLog:
                 raise AssertionError(f"{name} {state} waiting for {what or pattern}:\n{tail}")
             time.sleep(0.02)
 
+    def wait_for_step(self, name: str, step: int, process, timeout_s: float) -> str:
+        """Waits until `name` logs progress at `step` or beyond (see `wait_for`)."""
+        return self.wait_for(
+            lambda line: any(s >= step for s in progress_steps([line])),
+            name,
+            timeout_s=timeout_s,
+            process=process,
+            what=f"step {step}",
+        )
+
+
+def kill_step(
+    rng, low: int, high: int, steps_per_loop: int, log_every: int, margin: int = 0
+) -> int:
+    """A random step in [low, high] to kill a group after, away from evaluations.
+
+    A drill kills once the progress line of the first logged step at or after
+    the chosen one appears (plus, in some drills, a jitter worth up to `margin`
+    steps). When the kill lands between the backup at an epoch's last step and
+    that epoch's evaluation, the restarted group resumes after the evaluation
+    it never made: a known limitation (docs/fault_tolerance.md) that these
+    drills leave out rather than test.
+    """
+
+    def near_evaluation(step):
+        line = -(-step // log_every) * log_every  # the progress line waited for
+        to_boundary = -line % steps_per_loop
+        return to_boundary <= margin
+
+    return rng.choice([s for s in range(low, high + 1) if not near_evaluation(s)])
+
 
 def flip_data_byte(prefix: str) -> None:
     """Inverts the middle byte of a checkpoint's data file (a bit-flipped checkpoint)."""
