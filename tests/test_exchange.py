@@ -2,6 +2,7 @@
 
 import glob
 import os
+import unittest.mock
 
 import numpy as np
 import tensorflow as tf
@@ -285,6 +286,30 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
         reader = tf.train.load_checkpoint(os.path.join(group_dir, "ckpt-15"))
         kernel = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
         self.assertAllEqual(kernel, student.get_weights()[0])
+
+    def test_cleanup_unlists_a_checkpoint_before_deleting_it(self):
+        # A writer killed during its cleanup must not leave a state file that
+        # lists a deleted checkpoint (TF's own cleanup deletes first).
+        group_dir = exchange.group_dir(self.create_tempdir().full_path, 0)
+        publisher = exchange.Publisher(testing.mlp(), group_dir, max_to_keep=2)
+        removed = []
+        real_remove = tf.io.gfile.remove
+
+        def remove(path):
+            listed = tf.train.get_checkpoint_state(group_dir).all_model_checkpoint_paths
+            prefix = path.split(".index")[0].split(".data-")[0]
+            self.assertNotIn(os.path.basename(prefix), [os.path.basename(p) for p in listed])
+            removed.append(os.path.basename(path))
+            real_remove(path)
+
+        with unittest.mock.patch.object(tf.io.gfile, "remove", remove):
+            for step in (1, 2, 3, 4):
+                publisher.publish(step)
+        self.assertCountEqual(
+            removed,
+            [f"ckpt-{s}{suffix}" for s in (1, 2) for suffix in (".index", ".data-00000-of-00001")],
+        )
+        self.assertEqual(drills.check_published(group_dir, testing.mlp), [3, 4])
 
     def test_cleanup_never_deletes_files_a_forged_state_file_names(self):
         root = self.create_tempdir().full_path

@@ -341,6 +341,7 @@ class Publisher:
         if int(max_to_keep) < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = directory
+        self._max_to_keep = int(max_to_keep)
 
         def make():
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="published_step")
@@ -348,7 +349,9 @@ class Publisher:
             manager = tf.train.CheckpointManager(
                 checkpoint,
                 directory,
-                max_to_keep=int(max_to_keep),
+                # Old checkpoints are deleted by `_sweep`, after the state file
+                # stops listing them (TF deletes first, then rewrites it).
+                max_to_keep=None,
                 checkpoint_name=CHECKPOINT_NAME,
             )
             return step, manager
@@ -365,9 +368,7 @@ class Publisher:
         `<path>.data-*` for them. A state file edited by someone else could
         otherwise make this group delete files elsewhere (docs/SECURITY.md).
         """
-        pending = getattr(self._manager, "_maybe_delete", None)
-        if not isinstance(pending, dict):  # TF internals changed: nothing to filter.
-            return
+        pending = self._manager._maybe_delete  # pylint: disable=protected-access
         own = posixpath.normpath(self.directory)
         for path in list(pending):
             if not (
@@ -416,7 +417,32 @@ class Publisher:
 
         path = outside_strategy(save)
         self._last_published = step
+        self._sweep()
         return path
+
+    def _sweep(self) -> None:
+        """Deletes the oldest checkpoints beyond `max_to_keep`, unlisted first.
+
+        `CheckpointManager`'s own cleanup deletes the files and then rewrites
+        the state file, so a process killed in between left a state file
+        listing a checkpoint that no longer exists. Here the state file stops
+        listing them first; a reader can still lose a checkpoint it was
+        reading (refused, like any vanished checkpoint), never find one listed
+        that is gone.
+        """
+        managed = self._manager._maybe_delete  # pylint: disable=protected-access
+        doomed = []
+        while len(managed) > self._max_to_keep:
+            doomed.append(managed.popitem(last=False)[0])
+        if not doomed:
+            return
+        self._manager._record_state()  # pylint: disable=protected-access
+        for prefix in doomed:
+            for path in tf.io.gfile.glob(prefix + ".data-?????-of-?????") + [prefix + ".index"]:
+                try:
+                    tf.io.gfile.remove(path)
+                except tf.errors.NotFoundError:
+                    pass
 
 
 class TeacherLoader:
