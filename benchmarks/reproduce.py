@@ -744,7 +744,7 @@ def exp_c5(w: Workload, train_) -> tuple[dict, str, dict]:
     train_(runs)
     rows = [
         "| exchange every | mean best val loss | mean final val loss "
-        "| mean abs. teacher staleness (steps) |",
+        "| mean teacher staleness (steps, signed, over both groups) |",
         "| --- | --- | --- | --- |",
     ]
     raw = {}
@@ -764,18 +764,20 @@ def exp_c5(w: Workload, train_) -> tuple[dict, str, dict]:
 
 
 def _mean_staleness(run: Run) -> Optional[float]:
-    """Mean absolute logged `teacher_staleness` once teachers are in use, over the groups.
+    """Mean logged `teacher_staleness` after burn-in, over all groups, signed.
 
-    Staleness is the group's step minus its teacher's: negative when the peer
-    runs ahead. Its size is what matters (how far apart the two models are),
-    so the mean is of absolute values; exact zeros (no teacher yet) are left out.
+    Staleness is a group's step minus its teacher's. When one group runs d
+    steps ahead of the other, its staleness is the teacher's age + d and the
+    other's the age - d: the signed mean over the groups is the age, which is
+    what the exchange interval controls, without the speed difference.
     """
     from tf_codistill.testing import drills
 
+    burn_in = int(run.bindings().get("burn_in_steps", 0))
     values = []
     for g in range(run.num_groups):
         group_dir = os.path.join(run.root(), f"group_{g}")
-        values += [abs(v) for _, v in drills.scalars(group_dir, "teacher_staleness") if v != 0]
+        values += [v for s, v in drills.scalars(group_dir, "teacher_staleness") if s > burn_in]
     return sum(values) / len(values) if values else None
 
 
