@@ -62,6 +62,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
+    from tf_codistill import errors
     from tf_codistill import evaluation
     from tf_codistill import metrics
 
@@ -69,7 +70,7 @@ def main(argv):
 
     try:
         if len(FLAGS.model) < 2:
-            raise ValueError(f"give at least two --model, got {len(FLAGS.model)}")
+            raise errors.ConfigError(f"give at least two --model, got {len(FLAGS.model)}")
         loaded = [
             evaluation.load_model(spec, FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.head)
             for spec in FLAGS.model
@@ -84,7 +85,7 @@ def main(argv):
             dataset = config.dataset()
             data_source = FLAGS.gin_file[0]
         else:
-            raise ValueError(
+            raise errors.ConfigError(
                 "only .keras models were given: name the data with --gin_file (a config that "
                 "sets tf_codistill.train_lib.train_group's input_fn, e.g. demo/tiny.gin)"
             )
@@ -119,10 +120,11 @@ def main(argv):
             with tf.io.gfile.GFile(FLAGS.output_json, "w") as f:
                 json.dump(result, f, indent=2)
             logging.info("Report written to %s", FLAGS.output_json)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
+    except errors.Error as e:
         # A mistake in what to compare: one clear line, not a stack trace.
-        logging.error("%s: %s", type(e).__name__, e)
-        sys.exit(f"churn.py: {e}")
+        message = errors.one_line(e)
+        logging.error("%s: %s", type(e).__name__, message)
+        sys.exit(f"churn.py: {message}")
 
 
 def run():

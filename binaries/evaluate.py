@@ -78,6 +78,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
+    from tf_codistill import errors
     from tf_codistill import evaluation
 
     tf.get_logger().setLevel("WARNING")
@@ -85,11 +86,13 @@ def main(argv):
     try:
         groups = list(FLAGS.group) or evaluation.find_groups(FLAGS.root_dir)
         if not groups:
-            raise ValueError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
+            raise errors.ConfigError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
         if FLAGS.ensemble and FLAGS.mode != "latest":
-            raise ValueError("--ensemble evaluates the latest checkpoints; use --mode=latest")
+            raise errors.ConfigError(
+                "--ensemble evaluates the latest checkpoints; use --mode=latest"
+            )
         if FLAGS.mode == "sidecar" and len(groups) != 1:
-            raise ValueError(f"--mode=sidecar follows one group; got groups {groups}")
+            raise errors.ConfigError(f"--mode=sidecar follows one group; got groups {groups}")
         wait_s = FLAGS.timeout_s if FLAGS.mode == "sidecar" else 0.0
         runs = [
             evaluation.load_group(
@@ -125,10 +128,11 @@ def main(argv):
             finally:
                 evaluator.close()
             logging.info("%s: results in %s", run.name, evaluator.results.path)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
+    except errors.Error as e:
         # A mistake in what to evaluate: one clear line, not a stack trace.
-        logging.error("%s: %s", type(e).__name__, e)
-        sys.exit(f"evaluate.py: {e}")
+        message = errors.one_line(e)
+        logging.error("%s: %s", type(e).__name__, message)
+        sys.exit(f"evaluate.py: {message}")
 
 
 def run():

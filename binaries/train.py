@@ -13,7 +13,6 @@ binaries/launch_local.py does that on one machine.
 
 import os
 import sys
-import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,6 +45,7 @@ def main(argv):
     import tensorflow as tf
 
     from tf_codistill import distribute
+    from tf_codistill import errors
     from tf_codistill import gin_utils
     from tf_codistill import train_lib
 
@@ -54,46 +54,23 @@ def main(argv):
 
     try:
         if not 0 <= FLAGS.group_index < FLAGS.num_groups:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"--group_index must be in [0, --num_groups={FLAGS.num_groups}), "
                 f"got {FLAGS.group_index}"
             )
         if not FLAGS.gin_file:
-            raise ValueError("give at least one --gin_file (e.g. demo/codistill.gin)")
+            raise errors.ConfigError("give at least one --gin_file (e.g. demo/codistill.gin)")
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
         strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
         train_lib.train_group(
             FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy
         )
-    except (ValueError, TypeError, RuntimeError) as e:
-        if not _raised_by_tf_codistill(e):
-            raise  # Not a mistake we detect: the full traceback helps more.
+    except errors.Error as e:
         # A configuration mistake or a full or unwritable exchange dir, which
         # we detected: one clear line, not a stack trace.
-        message = _without_gin_context(str(e))
+        message = errors.one_line(e)
         logging.error("%s: %s", type(e).__name__, message)
         sys.exit(f"train.py: {message}")
-
-
-def _without_gin_context(message: str) -> str:
-    """`message` without the "In call to configurable ..." line gin appends."""
-    return message.split("\n  In call to configurable ")[0]
-
-
-def _raised_by_tf_codistill(error: BaseException) -> bool:
-    """Whether `error` was raised by tf_codistill's own checks (or gin's parser)."""
-    from tf_codistill import codistill_model
-    from tf_codistill import gin_utils
-
-    if isinstance(error, (gin_utils.GinConfigError, codistill_model.ExchangeWriteError)):
-        return True
-    if isinstance(error, RuntimeError):
-        return False
-    frames = traceback.extract_tb(error.__traceback__)
-    origin = frames[-1].filename if frames else ""
-    return any(
-        part in origin for part in (f"{os.sep}tf_codistill{os.sep}", f"{os.sep}binaries{os.sep}")
-    )
 
 
 def run():

@@ -355,19 +355,6 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
         self.assertIn("No space left" if "space" in str(error) else "File too large", message)
         self.assertIs(tf_codistill.ExchangeWriteError, exchange.ExchangeWriteError)
 
-    def test_write_failure_is_one_line_without_op_decorations(self):
-        error = tf.errors.ResourceExhaustedError(
-            None,
-            None,
-            "{{function_node __wrapped__CreateSummaryFileWriter_device_/job:localhost}} "
-            "/r/events.v2; No space left on device\n\tFailed to flush 1 events "
-            "[Op:CreateSummaryFileWriter] name: ",
-        )
-        self.assertEqual(
-            exchange.write_failure(error),
-            "/r/events.v2; No space left on device Failed to flush 1 events",
-        )
-
     def test_signature_lists_model_variables(self):
         signature = exchange.ModelSignature.of_model(testing.mlp())
         self.assertEqual(

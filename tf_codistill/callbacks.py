@@ -11,14 +11,15 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from tf_codistill import errors
 from tf_codistill import exchange
 
 __all__ = ["ExchangeCallback", "ProgressLogger", "SummaryWriter"]
 
 
 def _check_interval(name: str, value) -> None:
-    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value is not None:
+        errors.check_int(name, value, minimum=1)
 
 
 class _StepCounting(keras.callbacks.Callback):
@@ -96,7 +97,7 @@ class ExchangeCallback(_StepCounting):
         super().__init__()
         _check_interval("every_n_steps", every_n_steps)
         if wait_for_peers_s < 0:
-            raise ValueError(f"wait_for_peers_s must be >= 0, got {wait_for_peers_s}")
+            raise errors.ConfigError(f"wait_for_peers_s must be >= 0, got {wait_for_peers_s}")
         self._every_n_steps = every_n_steps
         self.wait_for_peers_s = wait_for_peers_s
         self.poll_s = poll_s

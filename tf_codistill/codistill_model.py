@@ -34,6 +34,7 @@ from absl import logging
 
 from tf_codistill import callbacks as callbacks_lib
 from tf_codistill import distribute
+from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import losses
 from tf_codistill import schedules
@@ -73,12 +74,9 @@ class _PerPeerCount(keras.metrics.Metric):
         return tf.convert_to_tensor(self.counts).numpy()
 
 
-class PeerMismatchError(ValueError):
-    """A peer's checkpoint is of another architecture: a configuration mistake."""
-
-
-# The group cannot write into its directory (full or unwritable exchange dir).
-ExchangeWriteError = exchange.ExchangeWriteError
+# Kept importable from here (defined in tf_codistill.errors).
+PeerMismatchError = errors.PeerMismatchError
+ExchangeWriteError = errors.ExchangeWriteError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +119,7 @@ def _build_like(model: keras.Model, student: keras.Model) -> None:
         return
     spec = student.save_spec(dynamic_batch=True)
     if spec is None:
-        raise ValueError(
+        raise errors.ConfigError(
             "teacher_builder returned an unbuilt model and the student's input shape is "
             "unknown; build both (call them on a batch) before wrapping the student"
         )
@@ -197,33 +195,35 @@ class CodistillModel(keras.Model):
         kwargs.setdefault("name", "codistill")
         super().__init__(**kwargs)
         if not isinstance(student, keras.Model):
-            raise TypeError(
+            raise errors.ConfigTypeError(
                 f"student must be a tf_keras.Model (import tf_keras as keras), got "
                 f"{type(student).__module__}.{type(student).__name__}"
             )
         if not (student.built and student.weights):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"student {student.name!r} has no variables yet; give it an input shape "
                 "(keras.Input) or call it on a batch before wrapping it"
             )
-        num_groups = _check_int("num_groups", num_groups, minimum=1)
-        group_index = _check_int("group_index", group_index, minimum=0)
+        num_groups = errors.check_int("num_groups", num_groups, minimum=1)
+        group_index = errors.check_int("group_index", group_index, minimum=0)
         if group_index >= num_groups:
-            raise ValueError(f"group_index must be < num_groups={num_groups}, got {group_index}")
+            raise errors.ConfigError(
+                f"group_index must be < num_groups={num_groups}, got {group_index}"
+            )
         if peer_indices is None:
             peer_indices = [j for j in range(num_groups) if j != group_index]
-        peer_indices = [_check_int("peer_indices entry", j, minimum=0) for j in peer_indices]
+        peer_indices = [errors.check_int("peer_indices entry", j, minimum=0) for j in peer_indices]
         for j in peer_indices:
             if j >= num_groups or j == group_index:
-                raise ValueError(
+                raise errors.ConfigError(
                     f"peer_indices must name other groups in [0, {num_groups}), got {j} "
                     f"(this is group {group_index})"
                 )
         if len(set(peer_indices)) != len(peer_indices):
-            raise ValueError(f"peer_indices has duplicates: {peer_indices}")
+            raise errors.ConfigError(f"peer_indices has duplicates: {peer_indices}")
         if isinstance(distill_weight, schedules.DistillWeightSchedule):
             if burn_in_steps is not None:
-                raise ValueError(
+                raise errors.ConfigError(
                     "burn_in_steps applies to a numeric distill_weight only; "
                     f"the schedule {distill_weight!r} sets its own start"
                 )
@@ -232,11 +232,13 @@ class CodistillModel(keras.Model):
             if burn_in_steps is None:
                 burn_in_steps = schedules.PAPER_BURN_IN_STEPS
             schedule = schedules.get(distill_weight, burn_in_steps)
-        self._exchange_every_n_steps = _check_int(
+        self._exchange_every_n_steps = errors.check_int(
             "exchange_every_n_steps", exchange_every_n_steps, minimum=1
         )
         if max_staleness_steps is not None:
-            max_staleness_steps = _check_int("max_staleness_steps", max_staleness_steps, minimum=0)
+            max_staleness_steps = errors.check_int(
+                "max_staleness_steps", max_staleness_steps, minimum=0
+            )
         self._max_staleness_steps = max_staleness_steps
         self._group_index = group_index
         self._num_groups = num_groups
@@ -251,7 +253,7 @@ class CodistillModel(keras.Model):
         if background_reload is None:
             background_reload = distribute.num_workers(strategy) == 1
         elif background_reload and distribute.num_workers(strategy) > 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 "background_reload=True needs a single-process group: the workers of a "
                 "multi-worker group must agree on every teacher checkpoint, which they do "
                 "between steps (leave background_reload unset or False)"
@@ -295,7 +297,7 @@ class CodistillModel(keras.Model):
         # training state and hold host-side staging copies.
         self._set_exchange(
             builder,
-            _check_int("max_checkpoints_to_keep", max_checkpoints_to_keep, minimum=1),
+            errors.check_int("max_checkpoints_to_keep", max_checkpoints_to_keep, minimum=1),
         )
         self.built = True
         logging.info(
@@ -359,7 +361,9 @@ class CodistillModel(keras.Model):
     def _resolve_builder(student, teacher_builder):
         if teacher_builder is not None:
             if not callable(teacher_builder):
-                raise TypeError(f"teacher_builder must be callable, got {teacher_builder!r}")
+                raise errors.ConfigTypeError(
+                    f"teacher_builder must be callable, got {teacher_builder!r}"
+                )
             return teacher_builder
         if _is_graph_network(student):
 
@@ -367,13 +371,13 @@ class CodistillModel(keras.Model):
                 try:
                     return keras.models.clone_model(student)
                 except Exception as e:
-                    raise ValueError(
+                    raise errors.ConfigError(
                         f"cannot clone student {student.name!r} to build teachers ({e}); "
                         "pass teacher_builder=<function returning a new model>"
                     ) from e
 
             return clone
-        raise ValueError(
+        raise errors.ConfigError(
             f"student {student.name!r} is a subclassed model, which cannot be cloned; "
             "pass teacher_builder=<zero-argument function returning a new model of the "
             "same architecture>"
@@ -382,14 +386,16 @@ class CodistillModel(keras.Model):
     def _make_teacher(self, builder, peer: int, suffix: str = "") -> keras.Model:
         teacher = builder()
         if not isinstance(teacher, keras.Model):
-            raise TypeError(f"teacher_builder must return a tf_keras.Model, got {type(teacher)}")
+            raise errors.ConfigTypeError(
+                f"teacher_builder must return a tf_keras.Model, got {type(teacher)}"
+            )
         if teacher is self.student:
-            raise ValueError("teacher_builder must return a new model, not the student")
+            raise errors.ConfigError("teacher_builder must return a new model, not the student")
         _build_like(teacher, self.student)
         teacher_shapes = [tuple(w.shape) for w in teacher.weights]
         student_shapes = [tuple(w.shape) for w in self.student.weights]
         if teacher_shapes != student_shapes:
-            raise ValueError(
+            raise errors.ConfigError(
                 "teacher_builder built a model whose variables differ from the student's: "
                 f"{teacher_shapes} vs {student_shapes}"
             )
@@ -559,7 +565,7 @@ class CodistillModel(keras.Model):
 
     def _check_output(self, y_pred):
         if not tf.is_tensor(y_pred):
-            raise ValueError(
+            raise errors.ConfigError(
                 "CodistillModel needs a student with a single logits output, got "
                 f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), y_pred)}"
             )
@@ -705,7 +711,7 @@ class CodistillModel(keras.Model):
             # One line: train.py shows it as the reason the group stopped.
             raise ExchangeWriteError(
                 f"group {self._group_index} cannot publish step {step} into "
-                f"{self._publisher.directory}: {exchange.write_failure(e)}"
+                f"{self._publisher.directory}: {errors.one_line(e)}"
             ) from e
         # The first publication at INFO, the routine ones at verbosity 1.
         logging.vlog(
@@ -1050,9 +1056,3 @@ def _prefetch_executor() -> concurrent.futures.ThreadPoolExecutor:
             max_workers=1, thread_name_prefix="tf_codistill_prefetch"
         )
     return _PREFETCH_EXECUTOR
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)

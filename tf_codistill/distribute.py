@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tf_codistill import errors
+
 __all__ = [
     "STRATEGIES",
     "make_strategy",
@@ -45,9 +47,11 @@ def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distri
       ValueError: an unknown name, or an argument that does not go with it.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+        raise errors.ConfigError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if tpu and name != "tpu":
-        raise ValueError(f"--tpu={tpu!r} is only meaningful with strategy 'tpu', got {name!r}")
+        raise errors.ConfigError(
+            f"--tpu={tpu!r} is only meaningful with strategy 'tpu', got {name!r}"
+        )
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -56,7 +60,9 @@ def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distri
         # Blocks until every worker of TF_CONFIG has connected.
         return tf.distribute.MultiWorkerMirroredStrategy()
     if not tpu:
-        raise ValueError("strategy 'tpu' needs a TPU address (--tpu=<name|grpc://...|local>)")
+        raise errors.ConfigError(
+            "strategy 'tpu' needs a TPU address (--tpu=<name|grpc://...|local>)"
+        )
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)

@@ -68,6 +68,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import gin_utils
 from tf_codistill import losses
@@ -100,12 +101,9 @@ _CHECKPOINT_INDEX = re.compile(rf"^{exchange.CHECKPOINT_NAME}-(\d{{1,18}})\.inde
 _TRAIN_GROUP_PARAMS = inspect.signature(train_lib.train_group).parameters
 
 
-class EvaluationError(ValueError):
-    """A mistake in what to evaluate (no such group, no checkpoint, bad config)."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be restored now; the message says why."""
+# The errors this module raises (defined in tf_codistill.errors).
+EvaluationError = errors.EvaluationError
+CheckpointError = errors.CheckpointError
 
 
 def find_groups(root_dir: str) -> list[int]:
@@ -131,14 +129,6 @@ def list_checkpoints(directory: str) -> list[exchange.CheckpointRef]:
             step = int(match.group(1))
             refs.append(exchange.CheckpointRef(exchange.checkpoint_prefix(directory, step), step))
     return sorted(refs, key=lambda r: r.step)
-
-
-def _describe(e: BaseException) -> str:
-    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-    message = " ".join(message.split())
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return f"{type(e).__name__}: {message}"
 
 
 def restore(
@@ -173,7 +163,9 @@ def restore(
     try:
         reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     except Exception as e:  # noqa: BLE001  Vanished or corrupt index: OpError, ValueError...
-        raise CheckpointError(f"cannot read the index of {name}: {_describe(e)}") from e
+        raise CheckpointError(
+            f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
     problems = signature.mismatches(reader)
     if problems:
         raise CheckpointError(
@@ -183,7 +175,7 @@ def restore(
     try:
         tf.train.Checkpoint(model=model, step=step).restore(prefix).expect_partial()
     except Exception as e:  # noqa: BLE001  Truncated data: IndexError; bit flip: DataLossError...
-        raise CheckpointError(f"cannot restore {name}: {_describe(e)}") from e
+        raise CheckpointError(f"cannot restore {name}: {errors.one_line(e, with_type=True)}") from e
     stored = int(step.numpy())
     if stored < 0:
         match = re.search(r"-(\d+)$", name)
@@ -581,7 +573,7 @@ class GroupEvaluator:
           The evaluations made, in order.
         """
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+            raise errors.ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
         logging.info(
             "%s: sidecar on %s until step %s (timeout %.0f s without a new checkpoint)",
             self.run.name,
@@ -682,9 +674,9 @@ class EnsembleModel(keras.Model):
         kwargs.setdefault("name", "ensemble")
         super().__init__(**kwargs)
         if len(members) < 1:
-            raise ValueError("an ensemble needs at least one member")
+            raise errors.ConfigError("an ensemble needs at least one member")
         if head not in metrics_lib.HEADS:
-            raise ValueError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
+            raise errors.ConfigError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
         self.members = list(members)
         for member in self.members:
             member.trainable = False
@@ -717,7 +709,7 @@ def ensemble_logits(logits: Sequence[tf.Tensor], head: str) -> tf.Tensor:
         log_p = tf.reduce_logsumexp(tf.math.log_sigmoid(stacked), axis=0) - log_k
         log_not_p = tf.reduce_logsumexp(tf.math.log_sigmoid(-stacked), axis=0) - log_k
         return log_p - log_not_p
-    raise ValueError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
+    raise errors.ConfigError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
 
 
 def ensemble_name(group_indices: Sequence[int]) -> str:
@@ -858,7 +850,9 @@ def load_model(
         try:
             model = keras.models.load_model(spec, compile=False)
         except Exception as e:  # noqa: BLE001  Any failure to read a user's file.
-            raise EvaluationError(f"cannot load {spec}: {_describe(e)}") from e
+            raise EvaluationError(
+                f"cannot load {spec}: {errors.one_line(e, with_type=True)}"
+            ) from e
         return LoadedModel(spec, model)
     root_dir, _, groups_text = spec.rpartition(":")
     if not root_dir or not _GROUPS_SPEC.match(groups_text):

@@ -50,6 +50,8 @@ import tensorflow as tf
 from absl import logging as absl_logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_codistill import errors
+
 __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointMismatchError",
@@ -62,7 +64,6 @@ __all__ = [
     "group_dir",
     "latest_checkpoint",
     "outside_strategy",
-    "write_failure",
     "writing",
 ]
 
@@ -95,16 +96,10 @@ class _DropShardingNoise(std_logging.Filter):
 absl_logging.get_absl_logger().addFilter(_DropShardingNoise())
 
 
-class PeerCheckpointError(Exception):
-    """A peer checkpoint that cannot be used; the message says why."""
-
-
-class CheckpointMismatchError(PeerCheckpointError):
-    """A peer checkpoint whose variables are not this model's (names, shapes, dtypes)."""
-
-
-class ExchangeWriteError(RuntimeError):
-    """A group cannot write into its directory (full or unwritable exchange dir)."""
+# The errors this module raises (defined in tf_codistill.errors).
+PeerCheckpointError = errors.PeerCheckpointError
+CheckpointMismatchError = errors.CheckpointMismatchError
+ExchangeWriteError = errors.ExchangeWriteError
 
 
 @contextlib.contextmanager
@@ -130,18 +125,20 @@ def writing(what: str, directory: str):
     try:
         yield
     except (tf.errors.OpError, OSError) as e:
-        raise ExchangeWriteError(f"cannot write {what} into {directory}: {write_failure(e)}") from e
+        raise ExchangeWriteError(
+            f"cannot write {what} into {directory}: {errors.one_line(e)}"
+        ) from e
 
 
 def group_dir(exchange_dir: str, group_index: int) -> str:
     """The directory group `group_index` publishes into."""
     if isinstance(group_index, bool) or not isinstance(group_index, (int, np.integer)):
-        raise TypeError(f"group_index must be an int, got {group_index!r}")
+        raise errors.ConfigTypeError(f"group_index must be an int, got {group_index!r}")
     if group_index < 0:
-        raise ValueError(f"group_index must be >= 0, got {group_index}")
+        raise errors.ConfigError(f"group_index must be >= 0, got {group_index}")
     exchange_dir = str(exchange_dir)
     if not exchange_dir:
-        raise ValueError("exchange_dir must be a non-empty path or URL")
+        raise errors.ConfigError("exchange_dir must be a non-empty path or URL")
     return posixpath.join(exchange_dir.rstrip("/"), f"group_{int(group_index)}")
 
 
@@ -339,7 +336,7 @@ class Publisher:
 
     def __init__(self, model: tf.Module, directory: str, max_to_keep: int = 5):
         if int(max_to_keep) < 1:
-            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+            raise errors.ConfigError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = directory
         self._max_to_keep = int(max_to_keep)
 
@@ -495,7 +492,9 @@ class TeacherLoader:
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
         except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
-            raise PeerCheckpointError(f"cannot read the index of {name}: {_reason(e)}") from e
+            raise PeerCheckpointError(
+                f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
+            ) from e
         problems = self._signature.mismatches(reader)
         if problems:
             raise CheckpointMismatchError(
@@ -510,7 +509,9 @@ class TeacherLoader:
                 ref.prefix
             ).expect_partial()
         except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
-            raise PeerCheckpointError(f"cannot restore {name}: {_reason(e)}") from e
+            raise PeerCheckpointError(
+                f"cannot restore {name}: {errors.one_line(e, with_type=True)}"
+            ) from e
         for variable in self.staging.weights:
             if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
                 raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
@@ -536,7 +537,9 @@ class TeacherLoader:
                 tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".data-*")
             )
         except tf.errors.OpError as e:
-            raise PeerCheckpointError(f"cannot stat {name}: {_reason(e)}") from e
+            raise PeerCheckpointError(
+                f"cannot stat {name}: {errors.one_line(e, with_type=True)}"
+            ) from e
         max_index = _MAX_INDEX_BYTES + 4096 * len(self._signature.expected)
         if index_bytes > max_index:
             raise PeerCheckpointError(
@@ -561,20 +564,3 @@ class TeacherLoader:
         """
         for target, source in zip(teacher.weights, self.staging.weights, strict=True):
             target.assign(source.read_value())
-
-
-def write_failure(e: BaseException) -> str:
-    """An OS or TensorFlow write error on one line, without TF's op decorations."""
-    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
-    message = re.sub(r"\[Op:\w+\].*", "", message, flags=re.DOTALL)
-    message = " ".join(message.split())
-    return message[:300] + "..." if len(message) > 300 else message
-
-
-def _reason(e: BaseException) -> str:
-    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
-    message = " ".join(message.split())
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return f"{type(e).__name__}: {message}"

@@ -24,6 +24,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
+
 __all__ = [
     "GinConfigError",
     "gin_search_paths",
@@ -90,8 +92,8 @@ class _QuietGinIncludes(logging.Filter):
 logging.getLogger().addFilter(_QuietGinIncludes())
 
 
-class GinConfigError(ValueError):
-    """A gin file or binding is wrong; the message names it."""
+# Kept importable from here (defined in tf_codistill.errors).
+GinConfigError = errors.GinConfigError
 
 
 def register_keras() -> None:
@@ -134,7 +136,7 @@ def resolve_gin_file(path: str) -> str:
         if os.path.exists(candidate):
             return candidate
     shipped = ", ".join(gin_search_paths()) or "none found"
-    raise GinConfigError(f"gin file {path!r} not found (shipped gin files: {shipped})")
+    raise errors.GinConfigError(f"gin file {path!r} not found (shipped gin files: {shipped})")
 
 
 def parse(
@@ -166,12 +168,14 @@ def parse(
         try:
             gin.parse_config_file(path)
         except Exception as e:  # noqa: BLE001
-            raise GinConfigError(f"in gin file {path}: {_first_line(e)}") from e
+            raise errors.GinConfigError(f"in gin file {path}: {errors.one_line(e)}") from e
     for binding in gin_bindings:
         try:
             gin.parse_config(binding)
         except Exception as e:  # noqa: BLE001
-            raise GinConfigError(f"in --gin_bindings={binding!r}: {_first_line(e)}") from e
+            raise errors.GinConfigError(
+                f"in --gin_bindings={binding!r}: {errors.one_line(e)}"
+            ) from e
     if finalize:
         gin.finalize()
 
@@ -209,18 +213,13 @@ def query(binding_key: str, default: Any = _REQUIRED) -> Any:
     except ValueError as e:
         if default is not _REQUIRED:
             return default
-        raise GinConfigError(f"{binding_key} is not set: {_first_line(e)}") from e
+        raise errors.GinConfigError(f"{binding_key} is not set: {errors.one_line(e)}") from e
     try:
         return copy.deepcopy(value)
     except Exception as e:  # noqa: BLE001  An unknown @reference, or its call failing.
-        raise GinConfigError(f"cannot resolve {binding_key} = {value!r}: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # gin appends "In file ..., line ..." context; keep the cause and that.
-    return " ".join(lines[:3]) if lines else type(e).__name__
+        raise errors.GinConfigError(
+            f"cannot resolve {binding_key} = {value!r}: {errors.one_line(e)}"
+        ) from e
 
 
 def write_operative_config(directory: str, filename: str = OPERATIVE_CONFIG) -> Optional[str]:

@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
+
 __all__ = ["LabelSmoothingCrossEntropy", "UNIFORM"]
 
 UNIFORM = "uniform"
@@ -73,9 +75,9 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
     ):
         super().__init__(reduction=reduction, name=name)
         if isinstance(smoothing, bool) or not 0.0 <= float(smoothing) < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+            raise errors.ConfigError(f"smoothing must be in [0, 1), got {smoothing!r}")
         if not from_logits:
-            raise ValueError(
+            raise errors.ConfigError(
                 "LabelSmoothingCrossEntropy takes logits only (from_logits=True); "
                 "the models of tf_codistill return logits"
             )
@@ -83,16 +85,16 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         self.from_logits = True
         if isinstance(prior, str):
             if prior != UNIFORM:
-                raise ValueError(f"prior must be {UNIFORM!r} or a vector, got {prior!r}")
+                raise errors.ConfigError(f"prior must be {UNIFORM!r} or a vector, got {prior!r}")
             self._prior = None
         else:
             vector = np.asarray(prior, np.float64)
             if vector.ndim != 1 or vector.size < 2:
-                raise ValueError(
+                raise errors.ConfigError(
                     f"prior must be a vector over >= 2 classes, got shape {vector.shape}"
                 )
             if not np.all(np.isfinite(vector)) or np.any(vector < 0) or vector.sum() <= 0:
-                raise ValueError("prior must be finite, non-negative and not all zero")
+                raise errors.ConfigError("prior must be finite, non-negative and not all zero")
             self._prior = (vector / vector.sum()).astype(np.float32)
 
     @property
@@ -104,10 +106,12 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         logits = tf.cast(y_pred, tf.float32)
         num_classes = logits.shape[-1]
         if logits.shape.rank is not None and logits.shape.rank < 2:
-            raise ValueError(f"logits must be [batch, ..., classes], got shape {logits.shape}")
+            raise errors.ConfigError(
+                f"logits must be [batch, ..., classes], got shape {logits.shape}"
+            )
         if self._prior is not None and num_classes is not None:
             if num_classes != self._prior.shape[0]:
-                raise ValueError(
+                raise errors.ConfigError(
                     f"the prior covers {self._prior.shape[0]} classes but the logits have "
                     f"{num_classes}"
                 )

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Optional
 
+from tf_codistill import errors
+
 __all__ = ["Task", "LocalCluster", "free_ports", "tf_config"]
 
 
@@ -78,7 +80,7 @@ class LocalCluster:
     ):
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
+            raise errors.ConfigError(f"task names must be unique, got {names}")
         self.tasks = {t.name: t for t in tasks}
         self.grace_s = grace_s
         self._write = write or _print_flush

@@ -36,6 +36,8 @@ from typing import Union
 
 import tensorflow as tf
 
+from tf_codistill import errors
+
 __all__ = [
     "DistillationLoss",
     "SoftmaxCrossEntropy",
@@ -155,7 +157,7 @@ def broadcast_weights(weights: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     while weights.shape.rank > values.shape.rank and weights.shape[-1] == 1:
         weights = tf.squeeze(weights, axis=-1)
     if weights.shape.rank > values.shape.rank:
-        raise ValueError(
+        raise errors.ConfigError(
             f"sample_weight of shape {weights.shape} does not fit values of shape {values.shape}"
         )
     while weights.shape.rank < values.shape.rank:
@@ -195,7 +197,7 @@ class DistillationLoss(abc.ABC):
     def validate_logits(self, student_logits: tf.Tensor) -> None:
         """Raises ValueError if the student's output cannot feed this loss."""
         if student_logits.shape.rank is not None and student_logits.shape.rank < 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{self.name}: student logits must have a batch axis, got shape "
                 f"{student_logits.shape}"
             )
@@ -221,7 +223,7 @@ class DistillationLoss(abc.ABC):
           `[batch]` float32 per-example loss.
         """
         if not teacher_logits:
-            raise ValueError(f"{self.name}: needs at least one teacher, got none")
+            raise errors.ConfigError(f"{self.name}: needs at least one teacher, got none")
         self.validate_logits(student_logits)
         if peer_weights is None:
             peer_weights = tf.ones([len(teacher_logits)], tf.float32)
@@ -247,14 +249,14 @@ class _SoftmaxLoss(DistillationLoss):
 
     def __init__(self, temperature: float = 1.0):
         if not temperature > 0:
-            raise ValueError(f"{self.name}: temperature must be > 0, got {temperature}")
+            raise errors.ConfigError(f"{self.name}: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
     def validate_logits(self, student_logits: tf.Tensor) -> None:
         super().validate_logits(student_logits)
         num_classes = student_logits.shape[-1] if student_logits.shape.rank else None
         if student_logits.shape.rank == 1 or num_classes == 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{self.name} needs logits over >= 2 classes on the last axis, got shape "
                 f"{student_logits.shape}; for a single-logit binary head use "
                 "'sigmoid_cross_entropy'"
@@ -386,11 +388,11 @@ def get(identifier: Union[str, DistillationLoss]) -> DistillationLoss:
         key = identifier.strip().lower()
         if key in _REGISTRY:
             return _REGISTRY[key]()
-        raise ValueError(
+        raise errors.ConfigError(
             f"Unknown distillation loss {identifier!r}; expected one of "
             f"{sorted(_REGISTRY)} or a tf_codistill.losses.DistillationLoss"
         )
-    raise TypeError(
+    raise errors.ConfigTypeError(
         "distill_loss must be a name or a tf_codistill.losses.DistillationLoss, got "
         f"{type(identifier).__name__}: {identifier!r}"
     )

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
 from tf_codistill import losses
 
 __all__ = [
@@ -98,7 +99,7 @@ def infer_head(
 
 def _check_head(head: str) -> str:
     if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        raise errors.ConfigError(f"head must be one of {HEADS}, got {head!r}")
     return head
 
 
@@ -125,10 +126,10 @@ def pointwise_churn(
     a = tf.cast(logits_a, tf.float32)
     b = tf.cast(logits_b, tf.float32)
     if not a.shape.is_compatible_with(b.shape):
-        raise ValueError(f"the models' outputs differ in shape: {a.shape} vs {b.shape}")
+        raise errors.ConfigError(f"the models' outputs differ in shape: {a.shape} vs {b.shape}")
     if head == SOFTMAX:
         if a.shape.rank is not None and (a.shape.rank < 2 or a.shape[-1] == 1):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"a softmax head needs logits over >= 2 classes on the last axis, got shape "
                 f"{a.shape}; use the sigmoid head for a single-logit binary output"
             )
@@ -252,7 +253,7 @@ class ChurnAccumulator:
 
     def __init__(self, num_models: int, head: str):
         if num_models < 2:
-            raise ValueError(f"churn needs at least two models, got {num_models}")
+            raise errors.ConfigError(f"churn needs at least two models, got {num_models}")
         self.head = _check_head(head)
         self.num_models = num_models
         self.pairs = list(itertools.combinations(range(num_models), 2))
@@ -275,7 +276,9 @@ class ChurnAccumulator:
             positions (0 leaves a position out, e.g. padding).
         """
         if len(logits) != self.num_models:
-            raise ValueError(f"expected logits of {self.num_models} models, got {len(logits)}")
+            raise errors.ConfigError(
+                f"expected logits of {self.num_models} models, got {len(logits)}"
+            )
         weights = None
         for k, (i, j) in enumerate(self.pairs):
             abs_diff, disagree = pointwise_churn(logits[i], logits[j], self.head)
@@ -302,10 +305,12 @@ class ChurnAccumulator:
           ValueError: nothing (or only zero weight) was added.
         """
         if self._weight <= 0:
-            raise ValueError("no examples with a non-zero weight were seen; churn is undefined")
+            raise errors.ConfigError(
+                "no examples with a non-zero weight were seen; churn is undefined"
+            )
         names = tuple(names or [f"model_{i}" for i in range(self.num_models)])
         if len(names) != self.num_models:
-            raise ValueError(f"expected {self.num_models} names, got {len(names)}")
+            raise errors.ConfigError(f"expected {self.num_models} names, got {len(names)}")
         abs_diff = self._abs_diff / self._weight
         disagree = self._disagree / self._weight
         pairs = tuple(
@@ -388,7 +393,7 @@ class PredictionChurn(keras.metrics.Mean):
         dtype=None,
     ):
         if definition not in DEFINITIONS:
-            raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+            raise errors.ConfigError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
         super().__init__(name=name or definition, dtype=dtype)
         self.head = _check_head(head)
         self.definition = definition

@@ -26,6 +26,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
+
 __all__ = ["GoyalSchedule", "IMAGENET_TRAIN_EXAMPLES"]
 
 # Examples in ImageNet-1k's training set (TFDS imagenet2012 `train`).
@@ -89,16 +91,18 @@ class GoyalSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """
         super().__init__()
         if isinstance(global_batch_size, bool) or int(global_batch_size) != global_batch_size:
-            raise ValueError(f"global_batch_size must be an integer, got {global_batch_size!r}")
+            raise errors.ConfigError(
+                f"global_batch_size must be an integer, got {global_batch_size!r}"
+            )
         for label, value in (
             ("global_batch_size", global_batch_size),
             ("base_batch_size", base_batch_size),
             ("base_learning_rate", base_learning_rate),
         ):
             if not value > 0:
-                raise ValueError(f"{label} must be > 0, got {value}")
+                raise errors.ConfigError(f"{label} must be > 0, got {value}")
         if not 0 < decay_factor <= 1:
-            raise ValueError(f"decay_factor must be in (0, 1], got {decay_factor}")
+            raise errors.ConfigError(f"decay_factor must be in (0, 1], got {decay_factor}")
         self.global_batch_size = int(global_batch_size)
         self.base_learning_rate = float(base_learning_rate)
         self.base_batch_size = int(base_batch_size)
@@ -124,11 +128,11 @@ class GoyalSchedule(keras.optimizers.schedules.LearningRateSchedule):
             )
         )
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup_steps}")
+            raise errors.ConfigError(f"warmup must be >= 0 steps, got {self.warmup_steps}")
         if any(b <= 0 for b in self.decay_steps) or list(self.decay_steps) != sorted(
             set(self.decay_steps)
         ):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"decay boundaries must be > 0 and increasing, got {self.decay_steps} steps"
             )
         self.peak_learning_rate = (
@@ -142,20 +146,22 @@ class GoyalSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def _epoch_steps(self, steps_per_epoch, examples_per_epoch, needed) -> Optional[float]:
         if steps_per_epoch is not None and examples_per_epoch is not None:
-            raise ValueError(
+            raise errors.ConfigError(
                 "give steps_per_epoch or examples_per_epoch, not both "
                 f"(got {steps_per_epoch} and {examples_per_epoch})"
             )
         if examples_per_epoch is not None:
             if not examples_per_epoch > 0:
-                raise ValueError(f"examples_per_epoch must be > 0, got {examples_per_epoch}")
+                raise errors.ConfigError(
+                    f"examples_per_epoch must be > 0, got {examples_per_epoch}"
+                )
             return examples_per_epoch / self.global_batch_size
         if steps_per_epoch is not None:
             if not steps_per_epoch > 0:
-                raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
+                raise errors.ConfigError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
             return float(steps_per_epoch)
         if needed:
-            raise ValueError(
+            raise errors.ConfigError(
                 "the warm-up or decays are in epochs: give steps_per_epoch or "
                 "examples_per_epoch (or warmup_steps and decay_steps)"
             )

@@ -16,6 +16,8 @@ from typing import Union
 
 import tensorflow as tf
 
+from tf_codistill import errors
+
 __all__ = [
     "DistillWeightSchedule",
     "BurnIn",
@@ -53,14 +55,8 @@ class DistillWeightSchedule(abc.ABC):
 def _check_weight(weight: float) -> float:
     weight = float(weight)
     if not weight >= 0:
-        raise ValueError(f"distill_weight must be a finite number >= 0, got {weight}")
+        raise errors.ConfigError(f"distill_weight must be a finite number >= 0, got {weight}")
     return weight
-
-
-def _check_steps(name: str, value: int, minimum: int = 0) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (in train steps), got {value!r}")
-    return int(value)
 
 
 class BurnIn(DistillWeightSchedule):
@@ -73,7 +69,7 @@ class BurnIn(DistillWeightSchedule):
 
     def __init__(self, weight: float = 1.0, burn_in_steps: int = PAPER_BURN_IN_STEPS):
         self.weight = _check_weight(weight)
-        self.burn_in_steps = _check_steps("burn_in_steps", burn_in_steps)
+        self.burn_in_steps = errors.check_int("burn_in_steps", burn_in_steps, minimum=0)
 
     def __call__(self, step):
         step = tf.cast(step, tf.int64)
@@ -99,8 +95,8 @@ class LinearRamp(DistillWeightSchedule):
 
     def __init__(self, weight: float = 1.0, start_step: int = 0, ramp_steps: int = 1000):
         self.weight = _check_weight(weight)
-        self.start_step = _check_steps("start_step", start_step)
-        self.ramp_steps = _check_steps("ramp_steps", ramp_steps, minimum=1)
+        self.start_step = errors.check_int("start_step", start_step, minimum=0)
+        self.ramp_steps = errors.check_int("ramp_steps", ramp_steps, minimum=1)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -124,7 +120,7 @@ def get(
         return distill_weight
     if isinstance(distill_weight, (int, float)) and not isinstance(distill_weight, bool):
         return BurnIn(distill_weight, burn_in_steps)
-    raise TypeError(
+    raise errors.ConfigTypeError(
         "distill_weight must be a number or a tf_codistill.schedules.DistillWeightSchedule, "
         f"got {type(distill_weight).__name__}: {distill_weight!r}"
     )

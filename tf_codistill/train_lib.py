@@ -33,6 +33,7 @@ from absl import logging
 from tf_codistill import callbacks as callbacks_lib
 from tf_codistill import codistill_model
 from tf_codistill import distribute
+from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import gin_utils
 from tf_codistill import losses
@@ -58,12 +59,6 @@ for _cls in (
 def _metric(spec: Union[str, Callable]) -> Any:
     """A metric name (kept as is for compile) or factory (called in scope)."""
     return spec if isinstance(spec, str) else spec()
-
-
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _writable_dir(path: str, chief: bool) -> str:
@@ -186,7 +181,7 @@ def _distributed_eval_steps(
     local = int(input_fn(context).cardinality().numpy())
     steps = int(distribute.agree_min([local // replicas_per_worker], strategy)[0])
     if local < 0 or steps <= 0:
-        raise ValueError(
+        raise errors.ConfigError(
             "a distributed group needs the number of evaluation steps: the evaluation "
             f"dataset's size is unknown here (cardinality {local}); set "
             "tf_codistill.train_lib.train_group.eval_steps"
@@ -297,16 +292,16 @@ def train_group(
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
-    global_batch_size = _check_positive("global_batch_size", global_batch_size)
-    train_steps = _check_positive("train_steps", train_steps)
-    steps_per_loop = _check_positive("steps_per_loop", steps_per_loop)
-    log_every_n_steps = _check_positive("log_every_n_steps", log_every_n_steps)
+    global_batch_size = errors.check_int("global_batch_size", global_batch_size, minimum=1)
+    train_steps = errors.check_int("train_steps", train_steps, minimum=1)
+    steps_per_loop = errors.check_int("steps_per_loop", steps_per_loop, minimum=1)
+    log_every_n_steps = errors.check_int("log_every_n_steps", log_every_n_steps, minimum=1)
     if train_steps % steps_per_loop:
-        raise ValueError(
+        raise errors.ConfigError(
             f"train_steps ({train_steps}) must be a multiple of steps_per_loop ({steps_per_loop})"
         )
-    backup_every_n_steps = _check_positive(
-        "backup_every_n_steps", backup_every_n_steps or steps_per_loop
+    backup_every_n_steps = errors.check_int(
+        "backup_every_n_steps", backup_every_n_steps or steps_per_loop, minimum=1
     )
     chief = distribute.is_chief(strategy)
     group_dir = exchange.group_dir(root_dir, group_index)

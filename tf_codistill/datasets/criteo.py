@@ -56,6 +56,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from tf_codistill import errors
 from tf_codistill.datasets import sharding
 from tf_codistill.datasets import tfds_utils
 
@@ -98,8 +99,8 @@ a run of several groups, generate it once beforehand:
 """
 
 
-class MalformedLineError(ValueError):
-    """A line of `train.txt` is not in the challenge's format."""
+# A line of `train.txt` is not in the challenge's format (defined in tf_codistill.errors).
+MalformedLineError = errors.MalformedLineError
 
 
 def parse_line(line: str) -> dict[str, Any]:
@@ -165,7 +166,9 @@ class CriteoDisplayAds(tfds.core.GeneratorBasedBuilder):
           ValueError: an unknown `on_malformed`.
         """
         if on_malformed not in ON_MALFORMED:
-            raise ValueError(f"on_malformed must be one of {ON_MALFORMED}, got {on_malformed!r}")
+            raise errors.ConfigError(
+                f"on_malformed must be one of {ON_MALFORMED}, got {on_malformed!r}"
+            )
         self._on_malformed = on_malformed
         super().__init__(**kwargs)
 
@@ -193,7 +196,7 @@ class CriteoDisplayAds(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         path = dl_manager.manual_dir / TRAIN_FILE
         if not path.exists():
-            raise FileNotFoundError(
+            raise errors.DataNotFoundError(
                 f"{self.name}: {path} not found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
         return {
@@ -279,11 +282,7 @@ def load_builder(
 
 
 def _check_buckets(num_hash_buckets: int) -> int:
-    if isinstance(num_hash_buckets, bool) or not isinstance(num_hash_buckets, (int, np.integer)):
-        raise ValueError(f"num_hash_buckets must be an integer >= 1, got {num_hash_buckets!r}")
-    if num_hash_buckets < 1:
-        raise ValueError(f"num_hash_buckets must be an integer >= 1, got {num_hash_buckets}")
-    return int(num_hash_buckets)
+    return errors.check_int("num_hash_buckets", num_hash_buckets, minimum=1)
 
 
 @gin.configurable(module="tf_codistill.datasets")

@@ -40,6 +40,7 @@ from typing import Optional
 
 from absl import logging
 
+from tf_codistill import errors
 from tf_codistill.datasets import text
 
 __all__ = [
@@ -119,7 +120,7 @@ def find_documents(sources: Sequence[Source] = DEFAULT_SOURCES) -> list[tuple[st
     if missing:
         where = ", ".join(f"{s.root}/**/*{s.suffix} (package {s.package})" for s in missing)
         packages = " ".join(s.package for s in missing)
-        raise FileNotFoundError(
+        raise errors.DataNotFoundError(
             f"no documents found in {where}. The reproduction corpus is the text of two "
             f"Debian documentation packages: install them with `apt-get install {packages}` "
             f"(all of it: `{INSTALL}`)"
@@ -186,7 +187,9 @@ def prepare(
         another preparation.
     """
     if not 0 < validation_percent < 100:
-        raise ValueError(f"validation_percent must be in (0, 100), got {validation_percent!r}")
+        raise errors.ConfigError(
+            f"validation_percent must be in (0, 100), got {validation_percent!r}"
+        )
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     settings = {
         "format": _FORMAT,
@@ -198,7 +201,7 @@ def prepare(
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
         if manifest.get("settings") != settings:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{cache_dir} holds a corpus prepared with {manifest.get('settings')}, not "
                 f"{settings}: delete it or choose another cache directory"
             )

@@ -27,6 +27,7 @@ import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tf_codistill import errors
 from tf_codistill.datasets import sharding
 from tf_codistill.datasets import tfds_utils
 
@@ -179,10 +180,12 @@ def imagenet_input_fn(
       3]` normalised RGB and int64 `[batch]` class ids in [0, 1000).
     """
     if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+        raise errors.ConfigError(f"image_size must be >= 1, got {image_size}")
     resize_size = resize_size or round(image_size * 256 / 224)
     if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
+        raise errors.ConfigError(
+            f"resize_size ({resize_size}) must be >= image_size ({image_size})"
+        )
     builder = load_builder(data_dir, manual_dir)
     # Keep the JPEG bytes: training decodes only the crop it keeps.
     decoders = {"image": tfds.decode.SkipDecoding()}

@@ -17,6 +17,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_codistill import errors
+
 __all__ = ["DataContext", "DISJOINT", "SAME", "batched"]
 
 DISJOINT = "disjoint"
@@ -65,19 +67,19 @@ class DataContext:
 
     def __post_init__(self):
         if self.mode not in _MODES:
-            raise ValueError(f"data split mode must be one of {_MODES}, got {self.mode!r}")
+            raise errors.ConfigError(f"data split mode must be one of {_MODES}, got {self.mode!r}")
         if not 0 <= self.group_index < self.num_groups:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"group_index must be in [0, {self.num_groups}), got {self.group_index}"
             )
         if not 0 <= self.worker_index < self.num_workers:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"worker_index must be in [0, {self.num_workers}), got {self.worker_index}"
             )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise errors.ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.replicas_per_pipeline < 1:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"replicas_per_pipeline must be >= 1, got {self.replicas_per_pipeline}"
             )
 

@@ -14,6 +14,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from tf_codistill import errors
 from tf_codistill.datasets import sharding
 
 __all__ = ["planted_classification", "planted_input_fn", "oracle_loss"]
@@ -56,7 +57,7 @@ def planted_classification(
       `x` `[num_examples, input_dim]` float32 and `y` `[num_examples]` int64.
     """
     if split not in _SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}")
+        raise errors.ConfigError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}")
     w1, w2 = _oracle(input_dim, num_classes, hidden, oracle_seed)
     rng = np.random.default_rng([oracle_seed, _SPLIT_SEEDS[split]])
     x = rng.normal(size=(num_examples, input_dim))

@@ -72,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_codistill import errors
 from tf_codistill.datasets import sharding
 
 __all__ = [
@@ -113,7 +114,7 @@ def _expand(patterns: Sequence[str], what: str) -> list[str]:
     for pattern in patterns:
         matched = sorted(tf.io.gfile.glob(os.path.expanduser(pattern)))
         if not matched:
-            raise FileNotFoundError(f"{what}: no file matches {pattern!r}")
+            raise errors.DataNotFoundError(f"{what}: no file matches {pattern!r}")
         files.extend(matched)
     return files
 
@@ -173,32 +174,32 @@ class TextCorpus:
         self.train_files = _as_list(train_files)
         self.eval_files = _as_list(eval_files)
         if bool(self.train_files) == bool(tfds_name):
-            raise ValueError(
+            raise errors.ConfigError(
                 "TextCorpus needs exactly one source: train_files (local text files) or "
                 f"tfds_name (a TFDS dataset); got train_files={train_files!r}, "
                 f"tfds_name={tfds_name!r}"
             )
         if self.eval_files and tfds_name:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"eval_files={eval_files!r} is for local files; with tfds_name the "
                 "validation documents come from tfds_eval_split"
             )
         if document_separator not in _SEPARATORS:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"document_separator must be one of {_SEPARATORS}, got {document_separator!r}"
             )
         if tokenizer not in _TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {_TOKENIZERS}, got {tokenizer!r}")
+            raise errors.ConfigError(f"tokenizer must be one of {_TOKENIZERS}, got {tokenizer!r}")
         minimum = _NUM_BYTES + 2
         if tokenizer == "subword" and not (
             isinstance(target_vocab_size, int) and target_vocab_size >= minimum
         ):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"target_vocab_size must be an integer >= {minimum} (pad + one word piece + "
                 f"256 bytes), got {target_vocab_size!r}"
             )
         if not (isinstance(vocab_max_corpus_chars, int) and vocab_max_corpus_chars > 0):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"vocab_max_corpus_chars must be a positive integer, got {vocab_max_corpus_chars!r}"
             )
         self.document_separator = document_separator
@@ -251,7 +252,7 @@ class TextCorpus:
             files = _expand(self.train_files, "TextCorpus.train_files")
         else:
             if not self.eval_files:
-                raise ValueError(
+                raise errors.ConfigError(
                     "TextCorpus.eval_files is not set: give the validation text files "
                     "(glob patterns) for evaluation"
                 )
@@ -290,11 +291,11 @@ class TextCorpus:
                 read_config=read_config,
             )
         except (AssertionError, tf.errors.NotFoundError, FileNotFoundError) as e:
-            raise FileNotFoundError(self._tfds_missing(e)) from e
+            raise errors.DataNotFoundError(self._tfds_missing(e)) from e
         spec = dataset.element_spec
         if not isinstance(spec, dict) or self.text_key not in spec:
             keys = sorted(spec) if isinstance(spec, dict) else spec
-            raise ValueError(
+            raise errors.ConfigError(
                 f"TFDS dataset {self.tfds_name!r} has no feature {self.text_key!r} "
                 f"(features: {keys}); set TextCorpus.text_key"
             )
@@ -377,7 +378,7 @@ class TextCorpus:
                     logging.info("Built vocabulary %s (%d ids)", path, vocab["vocab_size"])
                 _vocab_cache[path] = vocab
         if vocab.get("format") != _VOCAB_FORMAT or vocab.get("build") != self._build_params():
-            raise ValueError(
+            raise errors.ConfigError(
                 f"vocabulary {path} was built with {vocab.get('build')}, not with this "
                 f"corpus' {self._build_params()}: delete it to rebuild, or set "
                 "TextCorpus.vocab_dir to another directory"
@@ -402,7 +403,9 @@ class TextCorpus:
         )
         texts = list(self._sample_texts())
         if not texts:
-            raise ValueError("the training data holds no documents: cannot build a vocabulary")
+            raise errors.ConfigError(
+                "the training data holds no documents: cannot build a vocabulary"
+            )
         vocab: dict[str, Any] = {"format": _VOCAB_FORMAT, "pad_id": PAD_ID, "eod_id": EOD_ID}
         if self.tokenizer == "subword":
             import tensorflow_datasets as tfds
@@ -563,7 +566,7 @@ def pack_streams(
       documents. Inputs are `[:, :-1]`, targets `[:, 1:]`.
     """
     if num_streams < 1 or sequence_length < 1 or documents_per_step < 1:
-        raise ValueError(
+        raise errors.ConfigError(
             "num_streams, sequence_length and documents_per_step must be >= 1, got "
             f"{num_streams}, {sequence_length}, {documents_per_step}"
         )
@@ -653,11 +656,15 @@ def lm_input_fn(
       after `eval_batches`).
     """
     if not (isinstance(sequence_length, int) and sequence_length >= 1):
-        raise ValueError(f"sequence_length must be an integer >= 1, got {sequence_length!r}")
+        raise errors.ConfigError(
+            f"sequence_length must be an integer >= 1, got {sequence_length!r}"
+        )
     if eval_batches is not None and (
         isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1
     ):
-        raise ValueError(f"eval_batches must be None or an integer >= 1, got {eval_batches!r}")
+        raise errors.ConfigError(
+            f"eval_batches must be None or an integer >= 1, got {eval_batches!r}"
+        )
     corpus = corpus or TextCorpus()
     if context.training:
         docs = corpus.documents(True, context)
@@ -716,5 +723,5 @@ def unigram_distribution(corpus: Optional[TextCorpus] = None) -> np.ndarray:
     """
     counts = (corpus or TextCorpus()).unigram_counts().astype(np.float64)
     if counts.sum() <= 0:
-        raise ValueError("the vocabulary's unigram counts are all zero")
+        raise errors.ConfigError("the vocabulary's unigram counts are all zero")
     return (counts / counts.sum()).astype(np.float32)

@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from tf_codistill import errors
+
 __all__ = ["default_manual_dir", "prepared"]
 
 
@@ -59,7 +61,7 @@ def prepared(
     if manual.exists() and any(manual.iterdir()):
         missing = [name for name in required_files if not (manual / name).exists()]
         if missing:
-            raise FileNotFoundError(
+            raise errors.DataNotFoundError(
                 f"{missing_message}; missing: {', '.join(missing)}.\n{instructions.strip()}"
             )
     logging.info("Preparing %s in %s from %s", builder.name, builder.data_dir, manual)
@@ -68,7 +70,7 @@ def prepared(
         builder.download_and_prepare(download_config=config)
     except AssertionError as e:
         # TFDS: "Manual directory ... does not exist or is empty."
-        raise FileNotFoundError(
+        raise errors.DataNotFoundError(
             f"{missing_message}, and that directory is missing or empty.\n{instructions.strip()}"
         ) from e
     except OSError:

@@ -21,6 +21,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
+
 __all__ = ["HashedEmbeddings", "criteo_dnn"]
 
 # The same values as in tf_codistill.datasets.criteo (checked by the tests);
@@ -45,16 +47,16 @@ class HashedEmbeddings(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("num_features", num_features), ("num_buckets", num_buckets)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise errors.ConfigError(f"{name} must be >= 1, got {value}")
         if dim < 1:
-            raise ValueError(f"embedding dim must be >= 1, got {dim}")
+            raise errors.ConfigError(f"embedding dim must be >= 1, got {dim}")
         self.num_features = int(num_features)
         self.num_buckets = int(num_buckets)
         self.dim = int(dim)
 
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] != self.num_features:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{self.name}: expected [batch, {self.num_features}] bucket ids, got {input_shape}"
             )
         # The uniform(-0.05, 0.05) initialisation of keras.layers.Embedding.

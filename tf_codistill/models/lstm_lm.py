@@ -41,6 +41,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_codistill import callbacks as callbacks_lib
+from tf_codistill import errors
 
 __all__ = ["CarriedLSTM", "CarriedStateCallback", "carried_lstm_layers", "lstm_lm"]
 
@@ -85,9 +86,9 @@ class CarriedLSTM(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units < 1:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
+            raise errors.ConfigError(f"units must be a positive integer, got {units!r}")
         if carry_state and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(
+            raise errors.ConfigError(
                 "carry_state=True needs batch_size, the number of rows (streams) per "
                 f"replica, as a positive integer; got {batch_size!r}"
             )
@@ -123,7 +124,7 @@ class CarriedLSTM(keras.layers.Layer):
             return outputs
         rows = inputs.shape[0]
         if rows is not None and rows != self.batch_size:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{self.name} carries the state of {self.batch_size} streams per replica but got "
                 f"a batch of {rows}: set batch_size (e.g. tf_codistill.models.lstm_lm.batch_size) "
                 "to the per-replica batch, global_batch_size / replicas in sync, and evaluate "
@@ -206,7 +207,8 @@ class CarriedStateCallback(callbacks_lib._StepCounting):  # pylint: disable=prot
         reset_on_train_begin: bool = False,
     ):
         super().__init__()
-        callbacks_lib._check_interval("reset_every_n_steps", reset_every_n_steps)  # pylint: disable=protected-access
+        if reset_every_n_steps is not None:
+            errors.check_int("reset_every_n_steps", reset_every_n_steps, minimum=1)
         self.isolate_evaluation = isolate_evaluation
         self.reset_every_n_steps = reset_every_n_steps
         self.reset_on_train_begin = reset_on_train_begin
@@ -288,9 +290,9 @@ def lstm_lm(
         ("num_layers", num_layers),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"lstm_lm: {arg} must be a positive integer, got {value!r}")
+            raise errors.ConfigError(f"lstm_lm: {arg} must be a positive integer, got {value!r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"lstm_lm: dropout must be in [0, 1), got {dropout!r}")
+        raise errors.ConfigError(f"lstm_lm: dropout must be in [0, 1), got {dropout!r}")
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     h = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")(tokens)
     if dropout:

@@ -31,6 +31,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import errors
+
 __all__ = ["resnet50", "small_resnet", "add_weight_decay", "zero_init_residual_gammas"]
 
 # The last BatchNorm of a bottleneck block, in tf_keras.applications' names.
@@ -47,7 +49,7 @@ def add_weight_decay(model: keras.Model, weight_decay: float) -> int:
       The number of kernels penalised.
     """
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise errors.ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
     if not weight_decay:
         return 0
     count = 0
@@ -145,7 +147,7 @@ def small_resnet(
       A model `[batch, *input_shape]` float32 -> `[batch, num_classes]` logits.
     """
     if len(filters) != len(blocks) or not filters:
-        raise ValueError(
+        raise errors.ConfigError(
             f"filters and blocks must be non-empty and of equal length, got {filters}, {blocks}"
         )
     inputs = keras.Input(tuple(input_shape), name="image")

@@ -1,0 +1,145 @@
+"""The errors tf_codistill raises, and the one line a program prints for them.
+
+Everything the library raises on bad input (an argument, a flag, a gin file or
+binding, the data, the run directory) or on a bad peer derives from `Error`, so
+a program needs one `except errors.Error` to tell "a mistake we detected, say
+it in one line" from a bug (a full traceback helps more): `tf_codistill.app`
+does that for every binary.
+
+Each class also keeps the builtin base that user code may already catch: a
+bad value is a `ValueError`, a bad type a `TypeError`, a missing input file a
+`FileNotFoundError`, an exchange dir that cannot be written a `RuntimeError`.
+The names the library exported before this module existed stay importable
+from where they were (`exchange.PeerCheckpointError`,
+`tf_codistill.PeerMismatchError`, `gin_utils.GinConfigError`,
+`evaluation.EvaluationError`, ...).
+
+No TensorFlow import: binaries and the local launcher use this module too.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "ConfigTypeError",
+    "DataNotFoundError",
+    "Error",
+    "EvaluationError",
+    "ExchangeWriteError",
+    "GinConfigError",
+    "MalformedLineError",
+    "PeerCheckpointError",
+    "PeerMismatchError",
+    "check_int",
+    "one_line",
+]
+
+
+class Error(Exception):
+    """Base of every error tf_codistill raises for bad input or a bad peer."""
+
+
+class ConfigError(Error, ValueError):
+    """A bad value (argument, flag, gin binding, setting, data); the message names it."""
+
+
+class ConfigTypeError(Error, TypeError):
+    """A value of the wrong type; the message names it and the type expected."""
+
+
+class DataNotFoundError(Error, FileNotFoundError):
+    """Input data that is not where the configuration says; the message says where to get it."""
+
+
+class MalformedLineError(ConfigError):
+    """A line of a data file that cannot be parsed; the message names the field."""
+
+
+class GinConfigError(ConfigError):
+    """A gin file or binding is wrong; the message names it."""
+
+
+class PeerMismatchError(ConfigError):
+    """A peer's checkpoint is of another architecture: a configuration mistake."""
+
+
+class EvaluationError(ConfigError):
+    """A mistake in what to evaluate (no such group, no checkpoint, bad config)."""
+
+
+class CheckpointError(Error):
+    """A published checkpoint that cannot be used now; the message says why.
+
+    Missing, truncated, corrupt, deleted while read, of another architecture,
+    non-finite: the reader keeps what it had and may try the next one.
+    """
+
+
+# The exchange's name for it: a peer's checkpoint that cannot be used.
+PeerCheckpointError = CheckpointError
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose variables are not this model's (names, shapes, dtypes)."""
+
+
+class ExchangeWriteError(Error, RuntimeError):
+    """A group cannot write into its directory (full or unwritable exchange dir)."""
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """`value` as an int if it is an integer >= `minimum` (not a bool).
+
+    Raises:
+      ConfigError: naming `name`, the bound and the value.
+    """
+    if isinstance(value, bool) or not _is_integer(value) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _is_integer(value) -> bool:
+    # numpy integers and integral floats too (gin reads `3e3` as a float).
+    try:
+        return int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+# What gin appends to an error raised inside a configurable it called.
+_GIN_CONTEXT = "\n  In call to configurable "
+_LIMIT = 300
+
+
+def one_line(error: BaseException, with_type: bool = False) -> str:
+    """`error`'s message on one line, for a log line or a program's last words.
+
+    TensorFlow's op decorations (`{{function_node ...}}`, `[Op:...]`), the
+    context gin appends to errors raised inside a configurable, gin's caret
+    lines and line breaks are dropped; long messages are cut at 300 characters.
+
+    Args:
+      error: any exception (a `tf.errors.OpError`'s own message is used).
+      with_type: start with the exception's class name (`IndexError: ...`),
+        for reasons where the type says something (a failed restore).
+
+    Returns:
+      The message, never empty.
+    """
+    # tf.errors.OpError keeps its text in `.message`; str() adds op context.
+    message = getattr(error, "message", None)
+    if not isinstance(message, str):
+        message = str(error)
+    message = message.split(_GIN_CONTEXT)[0]
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", message)
+    message = re.sub(r"\[Op:\w+\].*", "", message, flags=re.DOTALL)
+    lines = [line.strip() for line in message.splitlines()]
+    message = " ".join(line for line in lines if line and set(line) != {"^"})
+    if len(message) > _LIMIT:
+        message = message[:_LIMIT] + "..."
+    message = message or type(error).__name__
+    return f"{type(error).__name__}: {message}" if with_type else message
