@@ -57,11 +57,10 @@ from typing import Optional
 from absl import app
 from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from tf_codistill import layout
+from tf_codistill import local_cluster
 
-from tf_codistill import local_cluster  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_bool("list", False, "List the experiments and their expected run times.")
 flags.DEFINE_bool("quick", False, "Tiny sizes, seconds per experiment: checks the harness.")
@@ -194,7 +193,7 @@ def _gin_value(value: Any) -> str:
 
 
 def _metrics_path(run: Run, group: int) -> str:
-    return os.path.join(run.root(), f"group_{group}", "metrics.json")
+    return layout.metrics_path(layout.group_dir(run.root(), group))
 
 
 def _finished(run: Run) -> bool:
@@ -517,7 +516,7 @@ def curves(runs: Sequence[Run]) -> dict[str, list[tuple[int, float]]]:
 
 def _ensemble_loss(run: Run) -> dict[str, Any]:
     """Evaluates the ensemble of a run's groups' latest checkpoints (evaluate.py)."""
-    out_dir = os.path.join(run.root(), "eval")
+    out_dir = layout.eval_dir(run.root())
     name = "ensemble_" + "_".join(str(g) for g in range(run.num_groups))
     path = os.path.join(out_dir, f"eval_{name}.json")
     groups = [f"--group={g}" for g in range(run.num_groups)]
@@ -776,7 +775,7 @@ def _mean_staleness(run: Run) -> Optional[float]:
     burn_in = int(run.bindings().get("burn_in_steps", 0))
     values = []
     for g in range(run.num_groups):
-        group_dir = os.path.join(run.root(), f"group_{g}")
+        group_dir = layout.group_dir(run.root(), g)
         values += [v for s, v in drills.scalars(group_dir, "teacher_staleness") if s > burn_in]
     return sum(values) / len(values) if values else None
 

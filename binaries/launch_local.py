@@ -23,6 +23,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):  # Run as a script from a source checkout.
     sys.path.insert(0, os.path.dirname(_HERE))
 
+from tf_codistill import layout  # noqa: E402
 from tf_codistill import local_cluster  # noqa: E402
 
 flags.DEFINE_multi_string("gin_file", ["demo/codistill.gin"], "gin files for every group.")
@@ -61,7 +62,7 @@ def group_tasks(root_dir, num_groups, workers, gin_args, extra=()):
 
 
 def read_metrics(root_dir, group):
-    path = os.path.join(root_dir, f"group_{group}", "metrics.json")
+    path = layout.metrics_path(layout.group_dir(root_dir, group))
     if not os.path.exists(path):
         return None
     with open(path) as f:

@@ -91,7 +91,7 @@ def test_backup_interval_is_in_steps_with_steps_per_execution(tmp_path):
     backup = tf.train.latest_checkpoint(str(tmp_path / "group_0" / "backup" / "chief"))
     # Saved at steps 10, 20, 30 and 40: the fourth save, holding step 40.
     assert backup is not None and backup.endswith("ckpt-4"), backup
-    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 40  # pylint: disable=protected-access
+    assert train_lib.resumed_step(str(tmp_path / "group_0" / "backup")) == 40
 
 
 def test_failed_backup_stops_fit_instead_of_ending_the_epoch(tmp_path):
@@ -115,7 +115,7 @@ def test_failed_backup_stops_fit_instead_of_ending_the_epoch(tmp_path):
             codistill_model.ExchangeWriteError,
             match=r"cannot write the resume state into .*wrapped: .*File too large",
         ):
-            fit(train_lib._BackupAndRestore(str(tmp_path / "wrapped"), save_freq=4))  # pylint: disable=protected-access
+            fit(train_lib._BackupAndRestore(str(tmp_path / "wrapped"), save_freq=4))
 
 
 class _Preempted(Exception):
@@ -141,7 +141,7 @@ def test_restart_mid_epoch_with_steps_per_execution_trains_the_steps_asked(tmp_p
     with mock.patch.object(callbacks.ProgressLogger, "on_steps", stop_after_step_25):
         with pytest.raises(_Preempted):
             train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
-    assert train_lib._resumed_step(str(tmp_path / "group_0" / "backup")) == 20  # pylint: disable=protected-access
+    assert train_lib.resumed_step(str(tmp_path / "group_0" / "backup")) == 20
     # Started again: from the backup at step 20, the epoch's batches 20-39.
     # Keras alone restarted at batch 16 (after the execution's first batch,
     # 15) and ended at step 44.

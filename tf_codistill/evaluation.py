@@ -71,6 +71,7 @@ from absl import logging
 from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import gin_utils
+from tf_codistill import layout
 from tf_codistill import losses
 from tf_codistill import metrics as metrics_lib
 from tf_codistill import train_lib
@@ -94,10 +95,8 @@ __all__ = [
 
 TRAIN_GROUP = "tf_codistill.train_lib.train_group"
 TASK_LOSS = "task_loss"
-DEFAULT_OUTPUT_SUBDIR = "eval"
+DEFAULT_OUTPUT_SUBDIR = layout.EVAL_DIR
 
-_GROUP_DIR = re.compile(r"^group_(\d{1,9})$")
-_CHECKPOINT_INDEX = re.compile(rf"^{exchange.CHECKPOINT_NAME}-(\d{{1,18}})\.index$")
 _TRAIN_GROUP_PARAMS = inspect.signature(train_lib.train_group).parameters
 
 
@@ -110,12 +109,8 @@ def find_groups(root_dir: str) -> list[int]:
     """Indices of the `group_<i>` directories in `root_dir`, sorted."""
     if not tf.io.gfile.isdir(root_dir):
         return []
-    groups = []
-    for name in tf.io.gfile.listdir(root_dir):
-        match = _GROUP_DIR.match(name.rstrip("/"))
-        if match:
-            groups.append(int(match.group(1)))
-    return sorted(groups)
+    indices = (layout.group_index(name) for name in tf.io.gfile.listdir(root_dir))
+    return sorted(i for i in indices if i is not None)
 
 
 def list_checkpoints(directory: str) -> list[exchange.CheckpointRef]:
@@ -124,10 +119,9 @@ def list_checkpoints(directory: str) -> list[exchange.CheckpointRef]:
     if not tf.io.gfile.isdir(directory):
         return refs
     for name in tf.io.gfile.listdir(directory):
-        match = _CHECKPOINT_INDEX.match(name)
-        if match:
-            step = int(match.group(1))
-            refs.append(exchange.CheckpointRef(exchange.checkpoint_prefix(directory, step), step))
+        step = layout.checkpoint_step(name[: -len(".index")]) if name.endswith(".index") else None
+        if step is not None:
+            refs.append(exchange.CheckpointRef(layout.checkpoint_prefix(directory, step), step))
     return sorted(refs, key=lambda r: r.step)
 
 
@@ -355,8 +349,8 @@ def load_group(
       EvaluationError: no such group, or it has no operative config.
       gin_utils.GinConfigError: the config does not parse.
     """
-    directory = exchange.group_dir(root_dir, group_index)
-    config_path = posixpath.join(directory, gin_utils.OPERATIVE_CONFIG)
+    directory = layout.group_dir(root_dir, group_index)
+    config_path = layout.operative_config_path(directory)
     deadline = time.monotonic() + wait_s
     while not tf.io.gfile.exists(config_path):
         if time.monotonic() >= deadline:
@@ -455,9 +449,7 @@ def _format(values: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.6g}" for k, v in values.items())
 
 
-def default_output_dir(root_dir: str) -> str:
-    """`<root_dir>/eval`, where evaluations go unless told otherwise."""
-    return posixpath.join(root_dir.rstrip("/"), DEFAULT_OUTPUT_SUBDIR)
+default_output_dir = layout.eval_dir
 
 
 class GroupEvaluator:

@@ -51,6 +51,7 @@ from absl import logging as absl_logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_codistill import errors
+from tf_codistill import layout
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -67,9 +68,10 @@ __all__ = [
     "writing",
 ]
 
-CHECKPOINT_NAME = "ckpt"
-_STATE_FILE = "checkpoint"
-_CHECKPOINT_BASENAME = re.compile(rf"^{CHECKPOINT_NAME}-(\d{{1,18}})$")
+# The exchange's names for what layout.py owns.
+CHECKPOINT_NAME = layout.CHECKPOINT_NAME
+group_dir = layout.group_dir
+checkpoint_prefix = layout.checkpoint_prefix
 _STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
 # A CheckpointManager state file is a few hundred bytes; anything this large
 # is not one.
@@ -130,18 +132,6 @@ def writing(what: str, directory: str):
         ) from e
 
 
-def group_dir(exchange_dir: str, group_index: int) -> str:
-    """The directory group `group_index` publishes into."""
-    if isinstance(group_index, bool) or not isinstance(group_index, (int, np.integer)):
-        raise errors.ConfigTypeError(f"group_index must be an int, got {group_index!r}")
-    if group_index < 0:
-        raise errors.ConfigError(f"group_index must be >= 0, got {group_index}")
-    exchange_dir = str(exchange_dir)
-    if not exchange_dir:
-        raise errors.ConfigError("exchange_dir must be a non-empty path or URL")
-    return posixpath.join(exchange_dir.rstrip("/"), f"group_{int(group_index)}")
-
-
 _outside_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
 _outside_lock = threading.Lock()
 
@@ -188,10 +178,6 @@ class CheckpointRef:
     version: int = 0
 
 
-def checkpoint_prefix(directory: str, step: int) -> str:
-    return posixpath.join(directory, f"{CHECKPOINT_NAME}-{int(step)}")
-
-
 def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
     """The latest checkpoint a group has published in `directory`.
 
@@ -203,7 +189,7 @@ def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
       PeerCheckpointError: the state file is unreadable, malformed or names a
         checkpoint whose index is gone (e.g. deleted by the writer's cleanup).
     """
-    state_path = posixpath.join(directory, _STATE_FILE)
+    state_path = layout.state_path(directory)
     try:
         if not tf.io.gfile.exists(state_path):
             return None
@@ -221,13 +207,12 @@ def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
         raise PeerCheckpointError(f"{state_path} names no model_checkpoint_path")
     # Only the base name is trusted, and only in the form we write.
     name = posixpath.basename(match.group(1).replace("\\", "/"))
-    name_match = _CHECKPOINT_BASENAME.match(name)
-    if not name_match:
+    step = layout.checkpoint_step(name)
+    if step is None:
         raise PeerCheckpointError(
             f"{state_path} names {match.group(1)!r}, expected '{CHECKPOINT_NAME}-<step>'"
         )
-    step = int(name_match.group(1))
-    prefix = checkpoint_prefix(directory, step)
+    prefix = layout.checkpoint_prefix(directory, step)
     try:
         version = tf.io.gfile.stat(prefix + ".index").mtime_nsec
     except tf.errors.NotFoundError as e:
@@ -370,7 +355,7 @@ class Publisher:
         for path in list(pending):
             if not (
                 posixpath.normpath(posixpath.dirname(path)) == own
-                and _CHECKPOINT_BASENAME.match(posixpath.basename(path))
+                and layout.checkpoint_step(posixpath.basename(path)) is not None
             ):
                 absl_logging.warning(
                     "%s/checkpoint lists %r, not a checkpoint of this directory: it will "

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_codistill import errors
+from tf_codistill import layout
 
 __all__ = [
     "GinConfigError",
@@ -36,7 +37,7 @@ __all__ = [
     "write_operative_config",
 ]
 
-OPERATIVE_CONFIG = "operative_config.gin"
+OPERATIVE_CONFIG = layout.OPERATIVE_CONFIG
 
 _KERAS_MODULES = {
     "keras.optimizers": (

@@ -2,14 +2,9 @@
 
 `train_group` is what `binaries/train.py` runs. Flags give the process its
 identity (root directory, group index, number of groups, strategy); gin gives
-everything else (model, data, optimiser, codistillation settings). Layout of a
-run, shared by all its groups:
-
-    <root_dir>/group_<i>/checkpoint, ckpt-<step>.*   published student checkpoints
-    <root_dir>/group_<i>/operative_config.gin        the parameters actually used
-    <root_dir>/group_<i>/metrics.json                evaluations and final results
-    <root_dir>/group_<i>/tensorboard/                TensorBoard summaries
-    <root_dir>/group_<i>/backup/                     BackupAndRestore (resume) state
+everything else (model, data, optimiser, codistillation settings). The group
+writes into `<root_dir>/group_<i>/` (`layout.py`): its published checkpoints,
+`operative_config.gin`, `metrics.json`, `tensorboard/` and `backup/`.
 """
 
 from __future__ import annotations
@@ -36,13 +31,14 @@ from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import gin_utils
+from tf_codistill import layout
 from tf_codistill import losses
 from tf_codistill import schedules
 from tf_codistill.datasets import sharding
 
-__all__ = ["train_group", "METRICS_FILE"]
+__all__ = ["METRICS_FILE", "resumed_step", "train_group"]
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = layout.METRICS_FILE
 
 # Registered so gin files can name them: @tf_codistill.schedules.LinearRamp() ...
 for _cls in (schedules.BurnIn, schedules.LinearRamp):
@@ -98,7 +94,7 @@ class _BackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
 
-def _resumed_step(backup_dir: str) -> int:
+def resumed_step(backup_dir: str) -> int:
     """The step a restarted group's BackupAndRestore state holds (0 if none).
 
     Read before the input pipeline is built, so the training data can resume
@@ -304,9 +300,9 @@ def train_group(
         "backup_every_n_steps", backup_every_n_steps or steps_per_loop, minimum=1
     )
     chief = distribute.is_chief(strategy)
-    group_dir = exchange.group_dir(root_dir, group_index)
+    group_dir = layout.group_dir(root_dir, group_index)
     # TensorBoard output of non-chief workers goes to a throw-away directory.
-    summary_dir = os.path.join(_writable_dir(group_dir, chief), "tensorboard")
+    summary_dir = layout.tensorboard_dir(_writable_dir(group_dir, chief))
     prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
     logging.info(
         "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
@@ -349,8 +345,8 @@ def train_group(
         )
     logging.info("%s: student %s has %d parameters", prefix, student.name, student.count_params())
 
-    backup_dir = os.path.join(group_dir, "backup")
-    initial_step = _resumed_step(backup_dir)
+    backup_dir = layout.backup_dir(group_dir)
+    initial_step = resumed_step(backup_dir)
     if initial_step:
         logging.info(
             "%s: resuming at step %d; the training data continues there", prefix, initial_step
@@ -389,7 +385,7 @@ def train_group(
         logging.info("%s: %d evaluation steps", prefix, eval_steps)
     if chief:
         _write_operative_config(group_dir)
-    history = _History(os.path.join(group_dir, METRICS_FILE) if chief else None)
+    history = _History(layout.metrics_path(group_dir) if chief else None)
     fit_callbacks = [
         _BackupAndRestore(
             # The same directory on every worker: Keras lets only the chief

@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_codistill import exchange
+from tf_codistill import layout
 from tf_codistill import train_lib
 from tf_codistill.testing import fixtures
 
@@ -189,7 +190,7 @@ def progress_steps(lines: list[str]) -> list[int]:
 
 def backup_step(group_dir: str) -> int:
     """The train step a group's BackupAndRestore state holds (0 if none)."""
-    return train_lib._resumed_step(os.path.join(group_dir, "backup"))  # pylint: disable=protected-access
+    return train_lib.resumed_step(layout.backup_dir(group_dir))
 
 
 def check_published(group_dir: str, model_fn: Callable[[], keras.Model]) -> list[int]:
@@ -220,7 +221,7 @@ def check_published(group_dir: str, model_fn: Callable[[], keras.Model]) -> list
 def scalars(group_dir: str, tag: str, split: str = "train") -> list[tuple[int, float]]:
     """(step, value) of a TensorBoard scalar of a group, over all its processes' event files."""
     values = []
-    for path in glob.glob(os.path.join(group_dir, "tensorboard", split, "events.*")):
+    for path in glob.glob(os.path.join(layout.tensorboard_dir(group_dir), split, "events.*")):
         try:
             for event in tf.compat.v1.train.summary_iterator(path):
                 values += [
