@@ -39,8 +39,6 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 flags.DEFINE_integer("repeats", 5, "Timed epochs per variant (interleaved).")
 flags.DEFINE_integer("mlp_steps", 150, "Steps per timed epoch, MLP.")
 flags.DEFINE_integer("lstm_steps", 40, "Steps per timed epoch, LSTM LM.")

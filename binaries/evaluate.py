@@ -17,17 +17,11 @@ Results: <output_dir>/eval_<name>.json and <output_dir>/tensorboard/<name>/,
 with <output_dir> defaulting to <root_dir>/eval (docs/evaluation.md).
 """
 
-import os
-import sys
+from absl import flags
+from absl import logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-if __package__ in (None, ""):  # Run as a script from a source checkout.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_codistill import app
+from tf_codistill import errors
 
 flags.DEFINE_string(
     "root_dir", None, "Directory of the run (holds group_<i>/).", allow_override=True
@@ -74,65 +68,54 @@ flags.mark_flag_as_required("root_dir")
 FLAGS = flags.FLAGS
 
 
+@app.one_line_errors
 def main(argv):
     del argv
-    import tensorflow as tf
 
-    from tf_codistill import errors
     from tf_codistill import evaluation
 
-    tf.get_logger().setLevel("WARNING")
-
-    try:
-        groups = list(FLAGS.group) or evaluation.find_groups(FLAGS.root_dir)
-        if not groups:
-            raise errors.ConfigError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
-        if FLAGS.ensemble and FLAGS.mode != "latest":
-            raise errors.ConfigError(
-                "--ensemble evaluates the latest checkpoints; use --mode=latest"
-            )
-        if FLAGS.mode == "sidecar" and len(groups) != 1:
-            raise errors.ConfigError(f"--mode=sidecar follows one group; got groups {groups}")
-        wait_s = FLAGS.timeout_s if FLAGS.mode == "sidecar" else 0.0
-        runs = [
-            evaluation.load_group(
-                FLAGS.root_dir,
-                g,
-                FLAGS.gin_file,
-                FLAGS.gin_bindings,
-                wait_s=wait_s,
-                poll_interval_s=FLAGS.poll_interval_s,
-            )
-            for g in groups
-        ]
-        if FLAGS.ensemble:
-            evaluation.evaluate_ensemble(runs, FLAGS.output_dir, FLAGS.ensemble_head)
-            return
-        for run in runs:
-            evaluator = evaluation.GroupEvaluator(run, FLAGS.output_dir)
-            try:
-                if FLAGS.mode == "latest":
-                    evaluator.latest()
-                elif FLAGS.mode == "all":
-                    evaluator.all()
-                else:
-                    final_step = FLAGS.final_step
-                    if final_step is None:
-                        final_step = run.config.train_steps
-                    evaluator.sidecar(
-                        final_step=final_step,
-                        timeout_s=FLAGS.timeout_s,
-                        poll_interval_s=FLAGS.poll_interval_s,
-                        max_attempts=FLAGS.max_attempts,
-                    )
-            finally:
-                evaluator.close()
-            logging.info("%s: results in %s", run.name, evaluator.results.path)
-    except errors.Error as e:
-        # A mistake in what to evaluate: one clear line, not a stack trace.
-        message = errors.one_line(e)
-        logging.error("%s: %s", type(e).__name__, message)
-        sys.exit(f"evaluate.py: {message}")
+    groups = list(FLAGS.group) or evaluation.find_groups(FLAGS.root_dir)
+    if not groups:
+        raise errors.ConfigError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
+    if FLAGS.ensemble and FLAGS.mode != "latest":
+        raise errors.ConfigError("--ensemble evaluates the latest checkpoints; use --mode=latest")
+    if FLAGS.mode == "sidecar" and len(groups) != 1:
+        raise errors.ConfigError(f"--mode=sidecar follows one group; got groups {groups}")
+    wait_s = FLAGS.timeout_s if FLAGS.mode == "sidecar" else 0.0
+    runs = [
+        evaluation.load_group(
+            FLAGS.root_dir,
+            g,
+            FLAGS.gin_file,
+            FLAGS.gin_bindings,
+            wait_s=wait_s,
+            poll_interval_s=FLAGS.poll_interval_s,
+        )
+        for g in groups
+    ]
+    if FLAGS.ensemble:
+        evaluation.evaluate_ensemble(runs, FLAGS.output_dir, FLAGS.ensemble_head)
+        return
+    for run in runs:
+        evaluator = evaluation.GroupEvaluator(run, FLAGS.output_dir)
+        try:
+            if FLAGS.mode == "latest":
+                evaluator.latest()
+            elif FLAGS.mode == "all":
+                evaluator.all()
+            else:
+                final_step = FLAGS.final_step
+                if final_step is None:
+                    final_step = run.config.train_steps
+                evaluator.sidecar(
+                    final_step=final_step,
+                    timeout_s=FLAGS.timeout_s,
+                    poll_interval_s=FLAGS.poll_interval_s,
+                    max_attempts=FLAGS.max_attempts,
+                )
+        finally:
+            evaluator.close()
+        logging.info("%s: results in %s", run.name, evaluator.results.path)
 
 
 def run():

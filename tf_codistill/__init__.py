@@ -8,30 +8,47 @@ model = tf_codistill.CodistillModel(student, group_index=0, num_groups=2,
 model.compile(optimizer=..., loss=..., metrics=[...])
 model.fit(train_ds, validation_data=val_ds, epochs=3)
 model.student.save("served.keras")
+
+The names below are loaded on first use: `import tf_codistill.layout` (or
+`errors`, `app`, `local_cluster`) does not load TensorFlow, which the local
+launcher and the binaries' flag parsing do not need.
 """
 
-from tf_codistill import callbacks
-from tf_codistill import distribute
-from tf_codistill import exchange
-from tf_codistill import losses
-from tf_codistill import schedules
-from tf_codistill.callbacks import ExchangeCallback
-from tf_codistill.codistill_model import CodistillModel
-from tf_codistill.codistill_model import ExchangeWriteError
-from tf_codistill.codistill_model import PeerMismatchError
-from tf_codistill.codistill_model import ReloadOutcome
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CodistillModel",
-    "ExchangeCallback",
-    "ExchangeWriteError",
-    "PeerMismatchError",
-    "ReloadOutcome",
+# name -> module defining it.
+_EXPORTS = {
+    "CodistillModel": "tf_codistill.codistill_model",
+    "ExchangeCallback": "tf_codistill.callbacks",
+    "ExchangeWriteError": "tf_codistill.errors",
+    "PeerMismatchError": "tf_codistill.errors",
+    "ReloadOutcome": "tf_codistill.teachers",
+}
+_SUBMODULES = (
     "callbacks",
     "distribute",
+    "errors",
     "exchange",
     "losses",
+    "peer_selection",
     "schedules",
-]
+)
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"tf_codistill.{name}")
+    else:
+        raise AttributeError(f"module 'tf_codistill' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -6,6 +6,10 @@ process is streamed line by line with a prefix (`g0`, `g1w1`, ...). Processes
 are stopped by their pid only, and with SIGKILL after a grace period, because
 MultiWorkerMirroredStrategy installs a SIGTERM handler and does not exit on
 SIGTERM (see shared TF notes, Q3).
+
+`launch` is what `binaries/launch_local.py` does: a run's groups (and a
+no-distillation baseline) as processes, then a summary of their results.
+No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -22,11 +26,28 @@ import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+from typing import Any
 from typing import Optional
 
 from tf_codistill import errors
+from tf_codistill import layout
 
-__all__ = ["Task", "LocalCluster", "free_ports", "tf_config"]
+__all__ = [
+    "BASELINE",
+    "LocalCluster",
+    "Task",
+    "format_summary",
+    "free_ports",
+    "group_tasks",
+    "launch",
+    "python_command",
+    "read_metrics",
+    "summary_rows",
+    "tf_config",
+]
+
+# The baseline's directory inside a run's root_dir, and its name in the output.
+BASELINE = "baseline"
 
 
 def free_ports(count: int) -> list[int]:
@@ -190,3 +211,128 @@ def _print_flush(line: str) -> None:
 def python_command(script: str, *args: str) -> list[str]:
     """`[python, script, *args]` with this interpreter."""
     return [sys.executable, script, *args]
+
+
+def group_tasks(
+    train_script: str,
+    root_dir: str,
+    num_groups: int,
+    workers: int,
+    args: Sequence[str] = (),
+) -> list[Task]:
+    """One task per worker of every group: `python train_script --root_dir=... <args>`.
+
+    Multi-worker groups get `--strategy=multi_worker_mirrored` and a TF_CONFIG
+    on free ports; tasks are named `g<i>` (`g<i>w<j>` with several workers).
+    """
+    tasks = []
+    for g in range(num_groups):
+        ports = free_ports(workers) if workers > 1 else []
+        for w in range(workers):
+            argv = [f"--root_dir={root_dir}", f"--group_index={g}", f"--num_groups={num_groups}"]
+            env = {}
+            if workers > 1:
+                argv.append("--strategy=multi_worker_mirrored")
+                env["TF_CONFIG"] = tf_config(ports, w)
+            name = f"g{g}" if workers == 1 else f"g{g}w{w}"
+            tasks.append(Task(name, python_command(train_script, *argv, *args), env))
+    return tasks
+
+
+def read_metrics(root_dir: str, group: int) -> Optional[dict[str, Any]]:
+    """A group's `metrics.json`, None if it has written none."""
+    path = layout.metrics_path(layout.group_dir(root_dir, group))
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def summary_rows(root_dir: str, num_groups: int, baseline: bool) -> list[tuple[str, Any]]:
+    """(name, metrics) of each group, and of the baseline last."""
+    rows = [(f"group {g}", read_metrics(root_dir, g)) for g in range(num_groups)]
+    if baseline:
+        rows.append(
+            (
+                "baseline (group 0's data, no distillation)",
+                read_metrics(os.path.join(root_dir, BASELINE), 0),
+            )
+        )
+    return rows
+
+
+def format_summary(rows: Sequence[tuple[str, Any]]) -> str:
+    """The final validation metrics of each row, and the groups' mean against the baseline."""
+    lines = [
+        "",
+        "Final validation metrics:",
+        f"{'':46s} {'task loss':>10s} {'best (step)':>16s} {'accuracy':>9s} {'steps':>6s}",
+    ]
+    for name, m in rows:
+        if m is None or not m.get("final"):
+            lines.append(f"{name:46s} {'(no results)':>10s}")
+            continue
+        final, best = m["final"], m.get("best") or {}
+        best_text = f"{best.get('val_task_loss', float('nan')):.4f} ({best.get('step', '-')})"
+        accuracy = final.get("val_accuracy")
+        lines.append(
+            f"{name:46s} {final.get('val_task_loss', float('nan')):10.4f} {best_text:>16s} "
+            f"{accuracy if accuracy is None else f'{accuracy:.4f}':>9} {m.get('steps', '-'):>6}"
+        )
+    done = [m for _, m in rows if m and m.get("final")]
+    if len(done) == len(rows) and rows[-1][0].startswith(BASELINE) and len(rows) > 1:
+        base = rows[-1][1]["final"]["val_task_loss"]
+        groups = [m["final"]["val_task_loss"] for _, m in rows[:-1]]
+        mean = sum(groups) / len(groups)
+        lines.append(
+            f"Codistilled groups vs baseline: {mean - base:+.4f} validation task loss "
+            f"({(mean - base) / base:+.1%})."
+        )
+    return "\n".join(lines)
+
+
+def launch(
+    train_script: str,
+    root_dir: str,
+    num_groups: int = 2,
+    workers_per_group: int = 1,
+    gin_files: Sequence[str] = (),
+    gin_bindings: Sequence[str] = (),
+    baseline: bool = True,
+    timeout_s: float = 1800.0,
+    grace_s: float = 10.0,
+) -> dict[str, Optional[int]]:
+    """Runs a whole job on this machine and prints a summary (`binaries/launch_local.py`).
+
+    Starts `num_groups` groups of `workers_per_group` processes sharing
+    `root_dir`, plus, with `baseline`, the same model trained on group 0's
+    data without distillation in `<root_dir>/baseline`; streams their output
+    with a prefix; waits at most `timeout_s`, then stops what is left.
+
+    Returns:
+      The exit code of every process (None for one stopped at the timeout).
+    """
+    args = [f"--gin_file={f}" for f in gin_files] + [f"--gin_bindings={b}" for b in gin_bindings]
+    tasks = group_tasks(train_script, root_dir, num_groups, workers_per_group, args)
+    if baseline:
+        # Same model, data shard and seed as group 0; peers none; its own directory.
+        no_distillation = "--gin_bindings=tf_codistill.train_lib.train_group.codistill=False"
+        baseline_tasks = group_tasks(
+            train_script,
+            os.path.join(root_dir, BASELINE),
+            num_groups,
+            workers_per_group,
+            [*args, no_distillation],
+        )
+        for task in baseline_tasks[:workers_per_group]:
+            task.name = BASELINE if workers_per_group == 1 else f"{BASELINE}{task.name[2:]}"
+            tasks.append(task)
+    print(f"Run directory: {root_dir}", flush=True)
+    with LocalCluster(tasks, grace_s=grace_s) as cluster:
+        cluster.start()
+        codes = cluster.wait(timeout_s)
+        timed_out = [n for n, c in codes.items() if c is None]
+        if timed_out:
+            print(f"Timed out after {timeout_s:.0f} s; stopping {timed_out}", flush=True)
+    print(format_summary(summary_rows(root_dir, num_groups, baseline)), flush=True)
+    return codes
