@@ -15,7 +15,6 @@ from tf_codistill import label_smoothing
 from tf_codistill import testing
 from tf_codistill import train_lib
 from tf_codistill.datasets import text
-from tf_codistill.models import lstm_lm as lstm_lm_lib
 
 NO_WAIT = "tf_codistill.train_lib.train_group.wait_for_peers_s = 0"
 
@@ -48,7 +47,7 @@ def test_tiny_lm_codistills_and_writes_outputs(tmp_path):
     # Group 1 has published a checkpoint of the same architecture (built from
     # the tiny config itself), so group 0 distills from it after burn-in.
     gin_utils.parse(["lm/tiny.gin"], finalize=False)
-    peer = lstm_lm_lib.lstm_lm()
+    peer = gin_utils.query("tf_codistill.train_lib.train_group.model_fn")()
     exchange.Publisher(peer, exchange.group_dir(str(tmp_path), 1)).publish(0)
     gin.clear_config()
 
@@ -88,14 +87,14 @@ def test_unigram_smoothing_uses_the_corpus_frequencies():
         [
             "tf_codistill.train_lib.train_group.loss = "
             "@tf_codistill.label_smoothing.LabelSmoothingCrossEntropy()",
-            "import tf_codistill.label_smoothing",
             "tf_codistill.label_smoothing.LabelSmoothingCrossEntropy.smoothing = 0.1",
             "tf_codistill.label_smoothing.LabelSmoothingCrossEntropy.prior = "
             "@tf_codistill.datasets.text.unigram_distribution()",
         ],
         finalize=False,
     )
-    loss = label_smoothing.LabelSmoothingCrossEntropy()
+    loss = gin_utils.query("tf_codistill.train_lib.train_group.loss")
+    assert isinstance(loss, label_smoothing.LabelSmoothingCrossEntropy)
     counts = text.TextCorpus().unigram_counts()
     assert loss.prior.shape == (302,) and loss.smoothing == 0.1
     np.testing.assert_allclose(loss.prior, counts / counts.sum(), rtol=1e-6)

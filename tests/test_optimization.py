@@ -102,7 +102,7 @@ def test_configurable_from_gin():
     try:
         gin.parse_config(
             """
-            import tf_codistill.optimization
+            import tf_codistill.configurables
             BATCH = 32768
             tf_codistill.optimization.GoyalSchedule.global_batch_size = %BATCH
             tf_codistill.optimization.GoyalSchedule.examples_per_epoch = 1281167

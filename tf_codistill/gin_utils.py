@@ -1,13 +1,8 @@
-"""gin plumbing: register tf_keras with gin, parse files and bindings with
-clear errors, find the shipped gin files, write the operative config.
+"""gin plumbing: parse files and bindings with clear errors, find the shipped
+gin files, read bound values back.
 
-gin's own TensorFlow registrations (`gin.tf.external_configurables`) refer to
-`tf.keras`, which under TF >= 2.16 is Keras 3, a different library; this module
-registers the tf_keras classes a config needs under the names `keras.*`:
-
-    train_group.optimizer = @keras.optimizers.Adam
-    keras.optimizers.Adam.learning_rate = 3e-4
-    train_group.loss = @keras.losses.SparseCategoricalCrossentropy()
+What a config can name is registered in `configurables.py`, which `parse`
+imports: a config needs nothing else.
 """
 
 from __future__ import annotations
@@ -18,61 +13,20 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
-from typing import Optional
 
 import gin
 import tensorflow as tf
-import tf_keras as keras
 
+from tf_codistill import configurables  # noqa: F401  What a config can name.
 from tf_codistill import errors
-from tf_codistill import layout
 
 __all__ = [
     "GinConfigError",
     "gin_search_paths",
     "parse",
     "query",
-    "register_keras",
     "resolve_gin_file",
-    "write_operative_config",
 ]
-
-OPERATIVE_CONFIG = layout.OPERATIVE_CONFIG
-
-_KERAS_MODULES = {
-    "keras.optimizers": (
-        keras.optimizers,
-        ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adafactor", "Nadam", "Adamax", "Ftrl"],
-    ),
-    "keras.optimizers.schedules": (
-        keras.optimizers.schedules,
-        ["PiecewiseConstantDecay", "ExponentialDecay", "CosineDecay", "PolynomialDecay"],
-    ),
-    "keras.losses": (
-        keras.losses,
-        [
-            "SparseCategoricalCrossentropy",
-            "CategoricalCrossentropy",
-            "BinaryCrossentropy",
-            "MeanSquaredError",
-        ],
-    ),
-    "keras.metrics": (
-        keras.metrics,
-        [
-            "SparseCategoricalAccuracy",
-            "SparseTopKCategoricalAccuracy",
-            "SparseCategoricalCrossentropy",
-            "BinaryAccuracy",
-            "BinaryCrossentropy",
-            "AUC",
-            "Mean",
-        ],
-    ),
-    "keras.initializers": (keras.initializers, ["GlorotUniform", "HeNormal", "RandomNormal"]),
-}
-
-_registered = False
 
 
 class _QuietGinIncludes(logging.Filter):
@@ -95,17 +49,6 @@ logging.getLogger().addFilter(_QuietGinIncludes())
 
 # Kept importable from here (defined in tf_codistill.errors).
 GinConfigError = errors.GinConfigError
-
-
-def register_keras() -> None:
-    """Registers tf_keras optimizers, schedules, losses and metrics with gin (once)."""
-    global _registered
-    if _registered:
-        return
-    for module_name, (module, names) in _KERAS_MODULES.items():
-        for name in names:
-            gin.external_configurable(getattr(module, name), module=module_name)
-    _registered = True
 
 
 def gin_search_paths() -> list[str]:
@@ -157,9 +100,6 @@ def parse(
         unknown configurable or parameter, or a value does not parse. The
         message says which file or binding.
     """
-    register_keras()
-    import tf_codistill.train_lib  # noqa: F401  Registers the configurables.
-
     for root in gin_search_paths():
         gin.add_config_file_search_path(root)
     files = [resolve_gin_file(f) for f in gin_files]
@@ -221,12 +161,3 @@ def query(binding_key: str, default: Any = _REQUIRED) -> Any:
         raise errors.GinConfigError(
             f"cannot resolve {binding_key} = {value!r}: {errors.one_line(e)}"
         ) from e
-
-
-def write_operative_config(directory: str, filename: str = OPERATIVE_CONFIG) -> Optional[str]:
-    """Writes the parameters actually used so far into `directory/filename`."""
-    tf.io.gfile.makedirs(directory)
-    path = os.path.join(directory, filename)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(gin.operative_config_str())
-    return path

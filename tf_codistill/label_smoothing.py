@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Union
 
-import gin
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -36,7 +35,6 @@ __all__ = ["LabelSmoothingCrossEntropy", "UNIFORM"]
 UNIFORM = "uniform"
 
 
-@gin.configurable(module="tf_codistill.label_smoothing")
 class LabelSmoothingCrossEntropy(keras.losses.Loss):
     """Softmax cross-entropy of sparse labels smoothed toward a prior.
 

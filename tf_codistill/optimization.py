@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 from typing import Optional
 
-import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -34,7 +33,6 @@ __all__ = ["GoyalSchedule", "IMAGENET_TRAIN_EXAMPLES"]
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
-@gin.register(module="tf_codistill.optimization")
 class GoyalSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear scaling, gradual warm-up and step decay (Goyal et al. 2017).
 

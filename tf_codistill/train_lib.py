@@ -30,7 +30,6 @@ from tf_codistill import codistill_model
 from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
-from tf_codistill import gin_utils
 from tf_codistill import layout
 from tf_codistill import losses
 from tf_codistill import schedules
@@ -39,17 +38,6 @@ from tf_codistill.datasets import sharding
 __all__ = ["METRICS_FILE", "resumed_step", "train_group"]
 
 METRICS_FILE = layout.METRICS_FILE
-
-# Registered so gin files can name them: @tf_codistill.schedules.LinearRamp() ...
-for _cls in (schedules.BurnIn, schedules.LinearRamp):
-    gin.external_configurable(_cls, module="tf_codistill.schedules")
-for _cls in (
-    losses.SoftmaxCrossEntropy,
-    losses.KLDivergence,
-    losses.SigmoidCrossEntropy,
-    losses.LogitMSE,
-):
-    gin.external_configurable(_cls, module="tf_codistill.losses")
 
 
 def _metric(spec: Union[str, Callable]) -> Any:
@@ -67,8 +55,11 @@ def _writable_dir(path: str, chief: bool) -> str:
 
 
 def _write_operative_config(group_dir: str) -> None:
+    """The gin parameters this group actually used, next to its checkpoints."""
     with exchange.writing("the operative config", group_dir):
-        gin_utils.write_operative_config(group_dir)
+        tf.io.gfile.makedirs(group_dir)
+        with tf.io.gfile.GFile(layout.operative_config_path(group_dir), "w") as f:
+            f.write(gin.operative_config_str())
 
 
 class _BackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -49,7 +49,6 @@ import re
 from typing import Any
 from typing import Optional
 
-import gin
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -285,7 +284,6 @@ def _check_buckets(num_hash_buckets: int) -> int:
     return errors.check_int("num_hash_buckets", num_hash_buckets, minimum=1)
 
 
-@gin.configurable(module="tf_codistill.datasets")
 def criteo_input_fn(
     context: sharding.DataContext,
     data_dir: Optional[str] = None,

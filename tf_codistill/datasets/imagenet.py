@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -147,7 +146,6 @@ def load_builder(
     return tfds_utils.prepared(builder, manual_dir, REQUIRED_FILES, MANUAL_DOWNLOAD_INSTRUCTIONS)
 
 
-@gin.configurable(module="tf_codistill.datasets")
 def imagenet_input_fn(
     context: sharding.DataContext,
     data_dir: Optional[str] = None,

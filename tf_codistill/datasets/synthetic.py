@@ -10,7 +10,6 @@ on a CPU, with no download. The data is a pure function of the seeds.
 
 from __future__ import annotations
 
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -84,7 +83,6 @@ def oracle_loss(split: str = "validation", num_examples: int = 4000, **kwargs) -
     return float(np.mean(logz - logits[np.arange(len(y)), y]))
 
 
-@gin.configurable(module="tf_codistill.datasets")
 def planted_input_fn(
     context: sharding.DataContext,
     num_train_examples: int = 8000,

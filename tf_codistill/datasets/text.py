@@ -67,7 +67,6 @@ from typing import Any
 from typing import Optional
 from typing import Union
 
-import gin
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -119,7 +118,6 @@ def _expand(patterns: Sequence[str], what: str) -> list[str]:
     return files
 
 
-@gin.configurable(module="tf_codistill.datasets.text")
 class TextCorpus:
     """Where the text comes from and how it becomes token ids.
 
@@ -624,7 +622,6 @@ def pack_streams(
     return elements.scan(initial, step).unbatch()
 
 
-@gin.configurable(module="tf_codistill.datasets.text")
 def lm_input_fn(
     context: sharding.DataContext,
     corpus: Optional[TextCorpus] = None,
@@ -704,7 +701,6 @@ def lm_input_fn(
     return windows.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-@gin.configurable(module="tf_codistill.datasets.text")
 def corpus_vocab_size(corpus: Optional[TextCorpus] = None) -> int:
     """The corpus' vocabulary size (builds the vocabulary on first use); for gin:
 
@@ -713,7 +709,6 @@ def corpus_vocab_size(corpus: Optional[TextCorpus] = None) -> int:
     return (corpus or TextCorpus()).vocab_size
 
 
-@gin.configurable(module="tf_codistill.datasets.text")
 def unigram_distribution(corpus: Optional[TextCorpus] = None) -> np.ndarray:
     """`[vocab_size]` float32 token frequencies of the vocabulary's sample.
 

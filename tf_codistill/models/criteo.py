@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -79,7 +78,6 @@ class HashedEmbeddings(keras.layers.Layer):
         return config
 
 
-@gin.configurable(module="tf_codistill.models")
 def criteo_dnn(
     num_hash_buckets: int = DEFAULT_NUM_HASH_BUCKETS,
     embedding_dim: int = 16,

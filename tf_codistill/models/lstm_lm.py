@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -181,7 +180,6 @@ def carried_lstm_layers(model: tf.Module) -> list:
     return [m for m in found if m.carry_state]
 
 
-@gin.configurable(module="tf_codistill.models")
 class CarriedStateCallback(callbacks_lib._StepCounting):  # pylint: disable=protected-access
     """Keeps evaluation from disturbing carried LSTM state; resets it on request.
 
@@ -245,9 +243,8 @@ class CarriedStateCallback(callbacks_lib._StepCounting):  # pylint: disable=prot
                 layer.restore_states()
 
 
-@gin.configurable(module="tf_codistill.models")
 def lstm_lm(
-    vocab_size: int = gin.REQUIRED,
+    vocab_size: int,
     embedding_dim: int = 256,
     units: int = 1024,
     num_layers: int = 2,

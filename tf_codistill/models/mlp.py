@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gin
 import tf_keras as keras
 
 __all__ = ["mlp_classifier"]
 
 
-@gin.configurable(module="tf_codistill.models")
 def mlp_classifier(
     input_dim: int = 32,
     num_classes: int = 10,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import gin
 import tensorflow as tf
 import tf_keras as keras
 
@@ -78,7 +77,6 @@ def _goyal_options(model: keras.Model, weight_decay: float, zero_init_residual: 
     return model
 
 
-@gin.configurable(module="tf_codistill.models")
 def resnet50(
     num_classes: int = 1000,
     input_shape: Sequence[int] = (224, 224, 3),
@@ -126,7 +124,6 @@ def _bottleneck(x, filters: int, stride: int, conv_shortcut: bool, name: str):
     return keras.layers.Activation("relu", name=name + "_out")(x)
 
 
-@gin.configurable(module="tf_codistill.models")
 def small_resnet(
     num_classes: int = 1000,
     input_shape: Sequence[int] = (32, 32, 3),
