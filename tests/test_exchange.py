@@ -339,6 +339,54 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual(exchange.latest_checkpoint(group_dir).step, 3)
         self.assertFalse(os.path.exists(os.path.join(group_dir, "ckpt-2.index")))
 
+    def test_one_state_file_write_per_publication_with_relative_names(self):
+        # An object store without atomic renames (a later issue) needs each
+        # publication to be one write of the state file.
+        group_dir = exchange.group_dir(self.create_tempdir().full_path, 0)
+        publisher = exchange.Publisher(testing.mlp(), group_dir, max_to_keep=2)
+        state = os.path.join(group_dir, "checkpoint")
+        renamed_onto_state = []
+        real_rename = tf.io.gfile.rename
+
+        def rename(source, destination, overwrite=False):
+            if destination == state:
+                renamed_onto_state.append(source)
+            real_rename(source, destination, overwrite)
+
+        with unittest.mock.patch.object(tf.io.gfile, "rename", rename):
+            for step in (1, 2, 3, 3, 4):  # The repeated step writes nothing.
+                publisher.publish(step)
+        self.assertLen(renamed_onto_state, 4)
+        self.assertEqual(glob.glob(state + ".tmp*"), [])
+        with open(state) as f:
+            text = f.read()
+        # Relative names: readers that mount the exchange dir elsewhere find them.
+        self.assertIn('model_checkpoint_path: "ckpt-4"', text)
+        self.assertIn('all_model_checkpoint_paths: "ckpt-3"', text)
+        self.assertNotIn(group_dir, text)
+        self.assertEqual(
+            tf.train.get_checkpoint_state(group_dir).all_model_checkpoint_paths,
+            [os.path.join(group_dir, "ckpt-3"), os.path.join(group_dir, "ckpt-4")],
+        )
+
+    def test_takes_over_a_directory_written_by_checkpoint_manager(self):
+        # A group restarted by this version in a directory an older one (which
+        # published through tf.train.CheckpointManager) wrote.
+        group_dir = exchange.group_dir(self.create_tempdir().full_path, 0)
+        student = testing.mlp(seed=3)
+        step = tf.Variable(0, dtype=tf.int64)
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=student, step=step), group_dir, None, "ckpt"
+        )
+        for s in (1, 2):
+            step.assign(s)
+            manager.save(checkpoint_number=s)
+        publisher = exchange.Publisher(student, group_dir, max_to_keep=2)
+        self.assertTrue(publisher.is_published(2))
+        publisher.publish(3)
+        self.assertEqual(drills.check_published(group_dir, testing.mlp), [2, 3])
+        self.assertFalse(os.path.exists(os.path.join(group_dir, "ckpt-1.index")))
+
     @parameterized.parameters(
         (tf.errors.OutOfRangeError(None, None, "/x/ckpt-1.data; File too large"),),
         (tf.errors.ResourceExhaustedError(None, None, "/x/f; No space left on device"),),

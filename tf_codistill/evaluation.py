@@ -132,10 +132,11 @@ def restore(
 ) -> int:
     """Restores a published checkpoint into `model`; returns the step it holds.
 
-    The checkpoint's index is checked against the model's variables first, so
-    a checkpoint of another architecture is refused with the variables that
-    differ instead of being half restored. The restore uses `expect_partial()`:
-    a compiled student's checkpoint may also hold its optimizer.
+    `exchange.restore_validated` without a peer's defences: the index is
+    checked against the model's variables first (a checkpoint of another
+    architecture is refused with the variables that differ instead of being
+    half restored), then restored with `expect_partial()` (a compiled
+    student's checkpoint may also hold its optimizer).
 
     Args:
       model: a built model of the run's architecture.
@@ -152,29 +153,10 @@ def restore(
         another architecture. The model may then hold a mix of old and new
         values; restore a good checkpoint before using it.
     """
-    name = posixpath.basename(prefix)
+    name_step = layout.checkpoint_step(posixpath.basename(prefix))
+    ref = exchange.CheckpointRef(prefix, 0 if name_step is None else name_step)
     signature = signature or exchange.ModelSignature.of_model(model)
-    try:
-        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-    except Exception as e:  # noqa: BLE001  Vanished or corrupt index: OpError, ValueError...
-        raise CheckpointError(
-            f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
-        ) from e
-    problems = signature.mismatches(reader)
-    if problems:
-        raise CheckpointError(
-            f"{name} does not match the run's model ({model.name}): " + "; ".join(problems)
-        )
-    step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    try:
-        tf.train.Checkpoint(model=model, step=step).restore(prefix).expect_partial()
-    except Exception as e:  # noqa: BLE001  Truncated data: IndexError; bit flip: DataLossError...
-        raise CheckpointError(f"cannot restore {name}: {errors.one_line(e, with_type=True)}") from e
-    stored = int(step.numpy())
-    if stored < 0:
-        match = re.search(r"-(\d+)$", name)
-        stored = int(match.group(1)) if match else 0
-    return stored
+    return exchange.restore_validated(model, ref, signature, defensive=False)
 
 
 def _unset_to_none(value: Any) -> Any:

@@ -3,9 +3,11 @@
 Groups talk only through checkpoints in a shared directory (any
 `tf.io.gfile` path: local, NFS, `gs://`):
 
-    <exchange_dir>/group_<i>/checkpoint        CheckpointManager state file
+    <exchange_dir>/group_<i>/checkpoint        state file (TensorFlow's format)
     <exchange_dir>/group_<i>/ckpt-<step>.index
     <exchange_dir>/group_<i>/ckpt-<step>.data-00000-of-00001
+
+(names owned by `layout.py`).
 
 Each published checkpoint is a `tf.train.Checkpoint(model=student, step=step)`
 holding the student's variables only (no optimizer, no teachers), numbered by
@@ -25,11 +27,18 @@ saving, cleaning up, crashing or misconfigured while we read:
    tensor is read;
 3. the tensors are restored into a *staging* copy of the model that lives
    outside any distribution strategy, and checked to be finite;
-4. only then does `commit` copy the staging values into the teacher.
+4. only then does `TeacherLoader.write` copy the staging values into the teacher.
 
 A failure at any stage raises `PeerCheckpointError` with the reason and leaves
 the teacher exactly as it was. Peers' checkpoints are read as tensors only:
-nothing is unpickled, deserialised as a Keras model or executed.
+nothing is unpickled, deserialised as a Keras model or executed. Steps 2-3
+are `restore_validated`, which evaluation uses too (without the checks a
+peer's files need and a run's own do not: sizes, finiteness, the step).
+
+This module is the exchange *medium*: `Publisher` writes a group's
+checkpoints, `latest_checkpoint` and `TeacherLoader` read a peer's. Another
+medium (an object store without atomic renames, a parameter service) would
+provide the same three and be chosen in `exchange_client.ExchangeClient`.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import logging as std_logging
 import posixpath
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Optional
@@ -62,16 +72,22 @@ __all__ = [
     "PeerCheckpointError",
     "Publisher",
     "TeacherLoader",
+    "checkpoint_prefix",
     "group_dir",
     "latest_checkpoint",
     "outside_strategy",
+    "restore_validated",
     "writing",
 ]
 
-# The exchange's names for what layout.py owns.
+# The exchange's public names for what layout.py and errors.py own.
 CHECKPOINT_NAME = layout.CHECKPOINT_NAME
 group_dir = layout.group_dir
 checkpoint_prefix = layout.checkpoint_prefix
+PeerCheckpointError = errors.PeerCheckpointError
+CheckpointMismatchError = errors.CheckpointMismatchError
+ExchangeWriteError = errors.ExchangeWriteError
+
 _STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
 # A CheckpointManager state file is a few hundred bytes; anything this large
 # is not one.
@@ -96,12 +112,6 @@ class _DropShardingNoise(std_logging.Filter):
 
 
 absl_logging.get_absl_logger().addFilter(_DropShardingNoise())
-
-
-# The errors this module raises (defined in tf_codistill.errors).
-PeerCheckpointError = errors.PeerCheckpointError
-CheckpointMismatchError = errors.CheckpointMismatchError
-ExchangeWriteError = errors.ExchangeWriteError
 
 
 @contextlib.contextmanager
@@ -225,6 +235,24 @@ def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
     return CheckpointRef(prefix=prefix, step=step, version=version)
 
 
+def _variable_names(reader) -> dict[str, str]:
+    """Checkpoint key -> the variable's own name (`hidden_0/kernel`), for messages.
+
+    TensorFlow has no public API for it: a checkpoint keeps the names in its
+    object graph, a proto stored under `_CHECKPOINTABLE_OBJECT_GRAPH`, which
+    TensorFlow's own checkpoint tools read the same way. Only messages depend
+    on it (tests/test_exchange.py checks that they still name the variable).
+    """
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return {
+        a.checkpoint_key: a.full_name
+        for node in graph.nodes
+        for a in node.attributes
+        if a.full_name
+    }
+
+
 class ModelSignature:
     """The variables a `Checkpoint(model=m)` of a model holds: key -> (shape, dtype).
 
@@ -251,15 +279,7 @@ class ModelSignature:
         path = tf.train.Checkpoint(model=model).write(posixpath.join(directory, "ref"))
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(path)
-            graph = trackable_object_graph_pb2.TrackableObjectGraph()
-            graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-            names = {
-                a.checkpoint_key: a.full_name
-                for node in graph.nodes
-                for a in node.attributes
-                if a.full_name
-            }
-            return cls(cls._read_expected(reader), names)
+            return cls(cls._read_expected(reader), _variable_names(reader))
         finally:
             tf.io.gfile.rmtree(directory)
 
@@ -312,58 +332,64 @@ class ModelSignature:
 class Publisher:
     """Publishes a group's student as numbered, student-only checkpoints.
 
+    Public TensorFlow APIs only: `tf.train.Checkpoint.write` writes each
+    checkpoint (to temporary names, then renamed: a reader never sees half of
+    one), and the state file is TensorFlow's own format
+    (`tf.compat.v1.train.generate_checkpoint_state_proto`), so
+    `tf.train.latest_checkpoint` and `tf.train.get_checkpoint_state` read it.
+    Every publication writes the state file exactly once (to a temporary
+    name, then renamed), listing the kept checkpoints by their relative names.
+
     Args:
       model: the student.
-      directory: `group_dir(exchange_dir, group_index)`.
+      directory: `layout.group_dir(exchange_dir, group_index)`.
       max_to_keep: checkpoints kept; older ones are deleted. Keep >= 3 so that
         a peer reading "latest" is not racing the cleanup of the file it reads.
     """
 
     def __init__(self, model: tf.Module, directory: str, max_to_keep: int = 5):
-        if int(max_to_keep) < 1:
-            raise errors.ConfigError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = directory
-        self._max_to_keep = int(max_to_keep)
+        self._max_to_keep = errors.check_int("max_to_keep", max_to_keep, minimum=1)
 
         def make():
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="published_step")
-            checkpoint = tf.train.Checkpoint(model=model, step=step)
-            manager = tf.train.CheckpointManager(
-                checkpoint,
-                directory,
-                # Old checkpoints are deleted by `_sweep`, after the state file
-                # stops listing them (TF deletes first, then rewrites it).
-                max_to_keep=None,
-                checkpoint_name=CHECKPOINT_NAME,
-            )
-            return step, manager
+            return step, tf.train.Checkpoint(model=model, step=step)
 
-        self._step, self._manager = outside_strategy(make)
-        self._forget_foreign_paths()
+        self._step, self._checkpoint = outside_strategy(make)
+        # (step, timestamp) of the kept checkpoints, oldest first.
+        self._kept: list[tuple[int, float]] = self._read_kept()
+        self._started = time.time()
         self._last_published: Optional[int] = None
 
-    def _forget_foreign_paths(self) -> None:
-        """Keeps the cleanup to this directory's own `ckpt-<step>` files.
+    def _read_kept(self) -> list[tuple[int, float]]:
+        """The checkpoints of this directory its state file lists (a restarted group's).
 
-        `CheckpointManager` adopts every path the state file lists, absolute
-        ones included, and its cleanup deletes `<path>.index` and
-        `<path>.data-*` for them. A state file edited by someone else could
-        otherwise make this group delete files elsewhere (docs/SECURITY.md).
+        Only this directory's own `ckpt-<step>` files count: a state file
+        edited by someone else must not make this group delete files
+        elsewhere (docs/SECURITY.md).
         """
-        pending = self._manager._maybe_delete  # pylint: disable=protected-access
+        try:
+            state = tf.train.get_checkpoint_state(self.directory)
+        except (tf.errors.OpError, ValueError) as e:  # An unparsable state file.
+            absl_logging.warning("Ignoring %s: %s", layout.state_path(self.directory), e)
+            return []
+        if state is None:
+            return []
+        timestamps = list(state.all_model_checkpoint_timestamps)
         own = posixpath.normpath(self.directory)
-        for path in list(pending):
-            if not (
-                posixpath.normpath(posixpath.dirname(path)) == own
-                and layout.checkpoint_step(posixpath.basename(path)) is not None
-            ):
+        kept = []
+        for i, path in enumerate(state.all_model_checkpoint_paths):
+            step = layout.checkpoint_step(posixpath.basename(path))
+            if step is None or posixpath.normpath(posixpath.dirname(path)) != own:
                 absl_logging.warning(
-                    "%s/checkpoint lists %r, not a checkpoint of this directory: it will "
+                    "%s lists %r, not a checkpoint of this directory: it will "
                     "not be deleted by this group's cleanup",
-                    self.directory,
+                    layout.state_path(self.directory),
                     path,
                 )
-                del pending[path]
+                continue
+            kept.append((step, timestamps[i] if i < len(timestamps) else 0.0))
+        return kept
 
     @property
     def last_published_step(self) -> Optional[int]:
@@ -371,8 +397,7 @@ class Publisher:
 
     def is_published(self, step: int) -> bool:
         """Whether `ckpt-<step>` is one of the checkpoints the state file lists."""
-        name = f"{CHECKPOINT_NAME}-{int(step)}"
-        return any(posixpath.basename(p) == name for p in self._manager.checkpoints)
+        return any(s == int(step) for s, _ in self._kept)
 
     def publish(self, step: int) -> str:
         """Saves the model as `ckpt-<step>`; a published step is never saved again.
@@ -384,55 +409,173 @@ class Publisher:
         midway) would find it half-written. Readers go on seeing the earlier
         ones until the group publishes a step it has not published before.
 
+        Old checkpoints beyond `max_to_keep` are unlisted first (the state
+        file is written without them) and deleted after, so a reader can lose
+        a checkpoint it was reading (refused, like any vanished checkpoint)
+        but never finds one listed that is gone, even if this process is
+        killed in between. (TensorFlow's `CheckpointManager` deletes first.)
+
         Raises:
           tf.errors.OpError: the directory cannot be written.
         """
         step = int(step)
-        prefix = checkpoint_prefix(self.directory, step)
+        prefix = layout.checkpoint_prefix(self.directory, step)
         if step == self._last_published or self.is_published(step):
             self._last_published = step
             return prefix
 
         def save():
             self._step.assign(step)
-            return self._manager.save(checkpoint_number=step)
+            return self._checkpoint.write(prefix)
 
         path = outside_strategy(save)
         self._last_published = step
-        self._sweep()
+        kept = self._kept + [(step, time.time())]
+        doomed, kept = kept[: -self._max_to_keep], kept[-self._max_to_keep :]
+        self._write_state(kept)
+        self._kept = kept
+        for old_step, _ in doomed:
+            self._delete(layout.checkpoint_prefix(self.directory, old_step))
         return path
 
-    def _sweep(self) -> None:
-        """Deletes the oldest checkpoints beyond `max_to_keep`, unlisted first.
+    def _write_state(self, kept: list[tuple[int, float]]) -> None:
+        """Writes the state file listing `kept` (latest last): once, atomically."""
+        names = [posixpath.basename(layout.checkpoint_prefix("", s)) for s, _ in kept]
+        state = tf.compat.v1.train.generate_checkpoint_state_proto(
+            self.directory,
+            names[-1],
+            all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=[t for _, t in kept],
+            last_preserved_timestamp=self._started,
+        )
+        path = layout.state_path(self.directory)
+        temporary = f"{path}.tmp{uuid.uuid4().hex}"
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(str(state))
+        tf.io.gfile.rename(temporary, path, overwrite=True)
 
-        `CheckpointManager`'s own cleanup deletes the files and then rewrites
-        the state file, so a process killed in between left a state file
-        listing a checkpoint that no longer exists. Here the state file stops
-        listing them first; a reader can still lose a checkpoint it was
-        reading (refused, like any vanished checkpoint), never find one listed
-        that is gone.
-        """
-        managed = self._manager._maybe_delete  # pylint: disable=protected-access
-        doomed = []
-        while len(managed) > self._max_to_keep:
-            doomed.append(managed.popitem(last=False)[0])
-        if not doomed:
-            return
-        self._manager._record_state()  # pylint: disable=protected-access
-        for prefix in doomed:
-            for path in tf.io.gfile.glob(prefix + ".data-?????-of-?????") + [prefix + ".index"]:
-                try:
-                    tf.io.gfile.remove(path)
-                except tf.errors.NotFoundError:
-                    pass
+    @staticmethod
+    def _delete(prefix: str) -> None:
+        for path in tf.io.gfile.glob(prefix + ".data-?????-of-?????") + [prefix + ".index"]:
+            try:
+                tf.io.gfile.remove(path)
+            except tf.errors.NotFoundError:
+                pass
+
+
+def restore_validated(
+    model: tf.Module,
+    ref: CheckpointRef,
+    signature: ModelSignature,
+    defensive: bool = True,
+) -> int:
+    """Restores a published checkpoint into `model` after checking it; returns its step.
+
+    The index (names, shapes, dtypes; no tensor data) is checked against
+    `signature` first, so a checkpoint of another architecture is refused with
+    the variables that differ instead of being half restored; then the
+    tensors are restored with `expect_partial()` (a compiled student's
+    checkpoint may also hold its optimizer).
+
+    Args:
+      model: a model of the run's architecture, with plain (host) variables:
+        a staging copy, or an evaluator's model.
+      ref: the checkpoint.
+      signature: `ModelSignature.of_model(model)`, computed once.
+      defensive: also what a *peer's* checkpoint must pass before it becomes
+        a teacher: files of a plausible size (checked before anything is
+        read), finite values, and the step in the checkpoint equal to the
+        step in its name. Evaluation of a run's own checkpoints turns this
+        off: a diverged model's NaN is a result to report, and a checkpoint
+        without a step takes the step in its name.
+
+    Returns:
+      The step stored in the checkpoint (with `defensive=False`, the step in
+      its name if it holds none).
+
+    Raises:
+      CheckpointError: why the checkpoint cannot be used (a
+        `CheckpointMismatchError` for other variables). The model may then
+        hold a mix of old and new values: callers restore into a staging copy
+        (teachers) or restore a good checkpoint before using it (evaluation).
+    """
+    name = posixpath.basename(ref.prefix)
+    if defensive:
+        _check_sizes(ref.prefix, name, signature)
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
+    except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
+        raise PeerCheckpointError(
+            f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
+    problems = signature.mismatches(reader)
+    if problems:
+        raise CheckpointMismatchError(
+            f"{name} does not match this model's variables: " + "; ".join(problems)
+        )
+    step_var = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    try:
+        # The signature check above guarantees every variable of the model
+        # has a value of the right shape in the checkpoint; other objects
+        # (save_counter, a compiled student's optimizer) may be absent.
+        tf.train.Checkpoint(model=model, step=step_var).restore(ref.prefix).expect_partial()
+    except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
+        raise PeerCheckpointError(
+            f"cannot restore {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
+    step = int(step_var.numpy())
+    if not defensive:
+        return step if step >= 0 else ref.step
+    for variable in model.weights:
+        if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
+            raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
+    if step < 0:
+        raise PeerCheckpointError(f"{name} holds no 'step' (not written by tf_codistill?)")
+    if step != ref.step:
+        raise PeerCheckpointError(f"{name} holds step {step}, not {ref.step}")
+    return step
+
+
+def _check_sizes(prefix: str, name: str, signature: ModelSignature) -> None:
+    """Refuses files of absurd size before anything is read into memory.
+
+    The index (variable names, shapes, offsets) of a checkpoint of this
+    model is small; the data files must hold at least the model's bytes,
+    and not vastly more (tensors are read by offset, so a huge file would
+    not be read whole, but it is not a checkpoint of this model).
+    """
+    expected = signature.num_bytes
+    try:
+        index_bytes = tf.io.gfile.stat(prefix + ".index").length
+        data_bytes = sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".data-*"))
+    except tf.errors.OpError as e:
+        raise PeerCheckpointError(
+            f"cannot stat {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
+    max_index = _MAX_INDEX_BYTES + 4096 * len(signature.expected)
+    if index_bytes > max_index:
+        raise PeerCheckpointError(
+            f"{name}.index is {index_bytes} bytes, more than an index of this model "
+            f"can be ({max_index}); refused unread"
+        )
+    if data_bytes < expected:
+        raise PeerCheckpointError(
+            f"{name} holds {data_bytes} bytes of data, less than this model's "
+            f"{expected} (truncated, or not written completely)"
+        )
+    if data_bytes > 16 * expected + _MAX_INDEX_BYTES:
+        raise PeerCheckpointError(
+            f"{name} holds {data_bytes} bytes of data for a model of {expected}; refused unread"
+        )
 
 
 class TeacherLoader:
     """Reads one peer's checkpoints for its teacher, through a staging copy.
 
-    `stage` validates a checkpoint and restores it into the staging copy;
-    `write` then copies the staged values into a teacher. The caller decides
-    which teacher (the active one, or an inactive buffer) and on which thread.
+    `stage` validates a checkpoint and restores it into the staging copy
+    (`restore_validated`); `write` then copies the staged values into a
+    teacher. The caller decides which teacher (the active one, or an
+    inactive buffer) and on which thread.
 
     Args:
       peer_index: the peer group.
@@ -466,80 +609,13 @@ class TeacherLoader:
         """Validates `ref` and restores it into the staging copy (hold `lock`).
 
         Returns:
-          The step stored in the checkpoint; it must equal `ref.step`.
+          The step stored in the checkpoint; it equals `ref.step`.
 
         Raises:
           PeerCheckpointError: why the checkpoint cannot be used. No teacher
             is touched by this method.
         """
-        name = posixpath.basename(ref.prefix)
-        self._check_sizes(ref.prefix, name)
-        try:
-            reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
-        except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
-            raise PeerCheckpointError(
-                f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
-            ) from e
-        problems = self._signature.mismatches(reader)
-        if problems:
-            raise CheckpointMismatchError(
-                f"{name} does not match this model's variables: " + "; ".join(problems)
-            )
-        step_var = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        try:
-            # The signature check above guarantees every staging variable has
-            # a value of the right shape in the checkpoint; other objects
-            # (save_counter, a compiled student's optimizer) may be absent.
-            tf.train.Checkpoint(model=self.staging, step=step_var).restore(
-                ref.prefix
-            ).expect_partial()
-        except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
-            raise PeerCheckpointError(
-                f"cannot restore {name}: {errors.one_line(e, with_type=True)}"
-            ) from e
-        for variable in self.staging.weights:
-            if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
-                raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
-        step = int(step_var.numpy())
-        if step < 0:
-            raise PeerCheckpointError(f"{name} holds no 'step' (not written by tf_codistill?)")
-        if step != ref.step:
-            raise PeerCheckpointError(f"{name} holds step {step}, not {ref.step}")
-        return step
-
-    def _check_sizes(self, prefix: str, name: str) -> None:
-        """Refuses files of absurd size before anything is read into memory.
-
-        The index (variable names, shapes, offsets) of a checkpoint of this
-        model is small; the data files must hold at least the model's bytes,
-        and not vastly more (tensors are read by offset, so a huge file would
-        not be read whole, but it is not a checkpoint of this model).
-        """
-        expected = self._signature.num_bytes
-        try:
-            index_bytes = tf.io.gfile.stat(prefix + ".index").length
-            data_bytes = sum(
-                tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".data-*")
-            )
-        except tf.errors.OpError as e:
-            raise PeerCheckpointError(
-                f"cannot stat {name}: {errors.one_line(e, with_type=True)}"
-            ) from e
-        max_index = _MAX_INDEX_BYTES + 4096 * len(self._signature.expected)
-        if index_bytes > max_index:
-            raise PeerCheckpointError(
-                f"{name}.index is {index_bytes} bytes, more than an index of this model "
-                f"can be ({max_index}); refused unread"
-            )
-        if data_bytes < expected:
-            raise PeerCheckpointError(
-                f"{name} holds {data_bytes} bytes of data, less than this model's "
-                f"{expected} (truncated, or not written completely)"
-            )
-        if data_bytes > 16 * expected + _MAX_INDEX_BYTES:
-            raise PeerCheckpointError(
-                f"{name} holds {data_bytes} bytes of data for a model of {expected}; refused unread"
-            )
+        return restore_validated(self.staging, ref, self._signature, defensive=True)
 
     def write(self, teacher: tf.Module) -> None:
         """Copies the staged values into `teacher` (after a successful `stage`).
