@@ -60,12 +60,12 @@ class BackgroundReloadTest(tf.test.TestCase):
         model.fit(self.dataset.take(2), verbose=0)  # Trace; loads step 0 at the start.
         traces = model.train_function.experimental_get_tracing_count()
         self.assertEqual(list(model.teacher_steps), [0])
-        before = int(model._active_buffer.numpy()[0])  # pylint: disable=protected-access
+        before = int(model.teacher_pool.active_buffer.numpy()[0])
         model.fit(self.dataset, verbose=0, callbacks=[PublishAt(self.publisher, self.peer, 12)])
         self.assertEqual(list(model.teacher_steps), [1012])
         self.assertEqual(model.train_function.experimental_get_tracing_count(), traces)
         # The teacher in use now holds the new checkpoint, bit for bit, in the spare buffer.
-        self.assertEqual(list(model._active_buffer.numpy()), [1 - before])  # pylint: disable=protected-access
+        self.assertEqual(list(model.teacher_pool.active_buffer.numpy()), [1 - before])
         reader = tf.train.load_checkpoint(os.path.join(self.dir, "group_1"))
         kernel = reader.get_tensor("model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE")
         self.assertAllEqual(model.teachers[0].get_weights()[0], kernel)
@@ -102,8 +102,10 @@ class BackgroundReloadTest(tf.test.TestCase):
     def test_blocking_mode_has_no_spare_teachers(self):
         model = _model(self.dir, background_reload=False)
         self.assertFalse(model.background_reload)
-        self.assertEmpty(model._spare_teachers)  # pylint: disable=protected-access
-        self.assertLen(_model(self.dir)._spare_teachers, 1)  # pylint: disable=protected-access
+        # One teacher per peer, and no spare buffer.
+        self.assertEqual((model.teacher_pool.num_slots, model.teacher_pool.buffers), (1, 1))
+        background = _model(self.dir).teacher_pool
+        self.assertEqual((background.num_slots, background.buffers), (1, 2))
         model.fit(self.dataset, verbose=0, callbacks=[PublishAt(self.publisher, self.peer, 12)])
         # Reloaded at the exchange boundary (step 20) only.
         self.assertEqual(list(model.teacher_steps), [1012])

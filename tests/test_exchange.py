@@ -192,7 +192,7 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         self.assert_teacher_kept(r"ckpt-3.index is missing")
 
     def test_checkpoint_deleted_between_find_and_read(self):
-        (loader,) = self.model._loaders  # pylint: disable=protected-access
+        (loader,) = self.model.exchange_client._loaders.values()  # pylint: disable=protected-access
         ref = loader.latest()
         self.assertEqual(ref.step, 10)
         _delete_all(self.prefix)

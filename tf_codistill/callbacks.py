@@ -14,7 +14,13 @@ from absl import logging
 from tf_codistill import errors
 from tf_codistill import exchange
 
-__all__ = ["ExchangeCallback", "ProgressLogger", "SummaryWriter"]
+__all__ = [
+    "ExchangeCallback",
+    "ProgressLogger",
+    "StepCounting",
+    "SummaryWriter",
+    "with_exchange",
+]
 
 
 def _check_interval(name: str, value) -> None:
@@ -22,19 +28,19 @@ def _check_interval(name: str, value) -> None:
         errors.check_int(name, value, minimum=1)
 
 
-class _StepCounting(keras.callbacks.Callback):
+class StepCounting(keras.callbacks.Callback):
     """Keeps the global train step on the host, with no device round trip per step.
 
     Keras passes the first step of each execution to `on_train_batch_begin`
     and the last to `on_train_batch_end`, so the count stays right when `fit`
     runs several steps per call (`steps_per_execution > 1`). The optimizer's
     step is read once at the start of training (after BackupAndRestore).
+    Subclasses act in `on_steps`.
     """
 
     def __init__(self):
         super().__init__()
-        # The logs are not read per step; don't make Keras convert them.
-        self._supports_tf_logs = True
+        _take_tf_logs(self)
         self.step = 0
         self._batch_begin = 0
 
@@ -62,7 +68,17 @@ class _StepCounting(keras.callbacks.Callback):
         return current // every > previous // every
 
 
-class ExchangeCallback(_StepCounting):
+def _take_tf_logs(callback: keras.callbacks.Callback) -> None:
+    """Lets Keras pass a callback its logs as tensors, unconverted.
+
+    Converting the logs to numpy is a device read per step; these callbacks do
+    not read them per step. tf_keras has no public switch for it: this is the
+    attribute its own callbacks set (tests/test_callbacks.py fails if it goes).
+    """
+    callback._supports_tf_logs = True  # pylint: disable=protected-access
+
+
+class ExchangeCallback(StepCounting):
     """Publishes the group's student and reloads its teachers between steps.
 
     At the start of training it loads the peers' latest checkpoints (so a
@@ -73,8 +89,12 @@ class ExchangeCallback(_StepCounting):
     checkpoint), or, with the model's `background_reload`, read on a
     background thread as soon as a peer publishes (looked for ten times per
     interval) and switched to between two steps.
-    `CodistillModel.fit` adds one by itself; pass your own to change the
-    interval.
+    `CodistillModel.fit` adds one by itself, with the model's
+    `exchange_every_n_steps`; pass your own to change the interval.
+
+    The callback talks to the model's `exchange_client` only (an
+    `exchange_client.ExchangeClient`: `start`, `exchange`, `poll`, `logs`,
+    `finish`, `background`).
 
     Args:
       every_n_steps: exchange interval in train steps; defaults to the model's
@@ -101,6 +121,15 @@ class ExchangeCallback(_StepCounting):
         self._every_n_steps = every_n_steps
         self.wait_for_peers_s = wait_for_peers_s
         self.poll_s = poll_s
+        self.client = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.client = getattr(model, "exchange_client", None)
+        if self.client is None:
+            raise errors.ConfigError(
+                f"ExchangeCallback needs a tf_codistill.CodistillModel, got {type(model).__name__}"
+            )
 
     @property
     def every_n_steps(self) -> int:
@@ -109,58 +138,43 @@ class ExchangeCallback(_StepCounting):
     def on_train_begin(self, logs=None):
         # Runs after BackupAndRestore (an earlier callback) restored the step.
         super().on_train_begin(logs)
-        if self.wait_for_peers_s > 0 and self.model.peer_indices:
-            self._wait_for_peers()
-        else:
-            # A peer of another architecture at the start is a configuration
-            # mistake: stop with its message rather than train without it.
-            self.model.reload_teachers(raise_on_mismatch=True)
-
-    def _wait_for_peers(self) -> None:
-        from tf_codistill import distribute  # Avoids a cycle at import time.
-
-        self.model.publish()
-        deadline = time.time() + self.wait_for_peers_s
-        while True:
-            outcomes = self.model.reload_teachers(raise_on_mismatch=True)
-            all_loaded = all(o.status in ("loaded", "unchanged") for o in outcomes)
-            done = all_loaded or time.time() >= deadline
-            # Every worker of a group must run the same number of reloads
-            # (they are collectives): stop only when all of them are done.
-            if distribute.agree_min([int(done)])[0]:
-                break
-            time.sleep(self.poll_s)
-        if not all_loaded:
-            missing = [o.peer for o in outcomes if o.status not in ("loaded", "unchanged")]
-            logging.warning(
-                "Peers %s did not publish within %.0f s; starting without them",
-                missing,
-                self.wait_for_peers_s,
-            )
+        self.client.start(self.step // self.every_n_steps, self.wait_for_peers_s, self.poll_s)
 
     def on_steps(self, previous_step, logs):
         n = self.every_n_steps
         if self.crossed(previous_step, self.step, n):
             self._read_step()  # Exact, once per exchange.
-            self.model.publish()
-            self.model.drop_nonfinite_teachers()
-            if not self.model.background_reload:
-                self.model.reload_teachers()
-        if self.model.background_reload and self.crossed(previous_step, self.step, max(1, n // 10)):
+            self.client.exchange(self.step // n)
+        if self.client.background and self.crossed(previous_step, self.step, max(1, n // 10)):
             # Looks for new peer checkpoints ten times per exchange interval;
             # reading them happens on a background thread.
-            self.model.prefetch_teachers()
+            self.client.poll()
         if logs is not None:
             # Later callbacks (progress lines, TensorBoard) see these too.
-            logs.update(self.model.exchange_logs(self.step))
+            logs.update(self.client.logs(self.step))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs.update(self.model.exchange_logs(self.step))
+            logs.update(self.client.logs(self.step))
 
     def on_train_end(self, logs=None):
-        self.model.wait_for_prefetch()
-        self.model.publish()
+        self.client.finish()
+
+
+def with_exchange(callbacks, every_n_steps: int) -> list:
+    """`callbacks` with an `ExchangeCallback(every_n_steps)` added if there is none.
+
+    It goes after `BackupAndRestore` (which restores the step and teachers
+    first) and before the others (which then see the exchange logs).
+    """
+    callbacks = list(callbacks or [])
+    if any(isinstance(c, ExchangeCallback) for c in callbacks):
+        return callbacks
+    restores = [
+        i for i, c in enumerate(callbacks) if isinstance(c, keras.callbacks.BackupAndRestore)
+    ]
+    callbacks.insert(restores[-1] + 1 if restores else 0, ExchangeCallback(every_n_steps))
+    return callbacks
 
 
 def format_logs(logs, prefix: str = "") -> str:
@@ -172,7 +186,7 @@ def format_logs(logs, prefix: str = "") -> str:
     return " ".join(parts)
 
 
-class ProgressLogger(_StepCounting):
+class ProgressLogger(StepCounting):
     """One log line every `every_n_steps` train steps, and one per evaluation.
 
     Meant for processes whose output is interleaved with others' (the local
@@ -228,13 +242,13 @@ def current_learning_rate(optimizer) -> float:
 
 def _scalar(value) -> float:
     """A Python float from a number, numpy value, tensor or (distributed) variable."""
-    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "_primary"):
+    if isinstance(value, (tf.Tensor, tf.Variable, tf.distribute.DistributedValues)):
         # Distributed variables have no __array__; reading them gives a tensor.
         value = tf.convert_to_tensor(value).numpy()
     return float(np.asarray(value))
 
 
-class SummaryWriter(_StepCounting):
+class SummaryWriter(StepCounting):
     """TensorBoard scalars: the training logs every `every_n_steps` steps, each
     evaluation, and the learning rate.
 

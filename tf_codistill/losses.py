@@ -48,6 +48,7 @@ __all__ = [
     "reduce_per_example",
     "broadcast_weights",
     "average_log_probs",
+    "position_weights",
 ]
 
 
@@ -163,6 +164,38 @@ def broadcast_weights(weights: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     while weights.shape.rank < values.shape.rank:
         weights = weights[..., tf.newaxis]
     return tf.broadcast_to(weights, tf.shape(values))
+
+
+def _keras_mask(tensor: tf.Tensor) -> Optional[tf.Tensor]:
+    """The mask Keras attached to a layer's output, if any.
+
+    tf_keras propagates masks (e.g. from `Embedding(mask_zero=True)`) as a
+    `_keras_mask` attribute of the output tensor, which its own compiled
+    losses read the same way; there is no public accessor (tests/test_losses.py
+    checks that it is still there).
+    """
+    return getattr(tensor, "_keras_mask", None)
+
+
+def position_weights(
+    logits: tf.Tensor, sample_weight: Optional[tf.Tensor] = None
+) -> Optional[tf.Tensor]:
+    """Sample weights combined with the Keras mask of the student's output.
+
+    Args:
+      logits: the student's output, `[batch, ...]`; may carry a Keras mask
+        (e.g. `[batch, time]` from an `Embedding(mask_zero=True)`).
+      sample_weight: `[batch]` or `[batch, time]` weights, or None.
+
+    Returns:
+      float32 weights per position (None when there are neither).
+    """
+    mask = _keras_mask(logits)
+    weights = None if sample_weight is None else tf.cast(sample_weight, tf.float32)
+    if mask is not None:
+        mask = tf.cast(mask, tf.float32)
+        weights = mask if weights is None else broadcast_weights(weights, mask) * mask
+    return weights
 
 
 class DistillationLoss(abc.ABC):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from typing import Any
+from typing import Optional
 from typing import Union
 
 import tensorflow as tf
@@ -113,12 +114,30 @@ class LinearRamp(DistillWeightSchedule):
 
 def get(
     distill_weight: Union[float, DistillWeightSchedule],
-    burn_in_steps: int = PAPER_BURN_IN_STEPS,
+    burn_in_steps: Optional[int] = None,
 ) -> DistillWeightSchedule:
-    """A schedule from a number (the paper's burn-in switch) or a schedule."""
+    """The schedule for `distill_weight` and `burn_in_steps`: the one place of the burn-in rule.
+
+    Args:
+      distill_weight: a schedule, or a number: the weight after burn-in.
+      burn_in_steps: train steps without distillation for a numeric weight
+        (None: the paper's 3000); must be None with a schedule, which sets
+        its own start.
+
+    Raises:
+      errors.ConfigError: `burn_in_steps` given with a schedule.
+      errors.ConfigTypeError: `distill_weight` is neither.
+    """
     if isinstance(distill_weight, DistillWeightSchedule):
+        if burn_in_steps is not None:
+            raise errors.ConfigError(
+                "burn_in_steps applies to a numeric distill_weight only; "
+                f"the schedule {distill_weight!r} sets its own start"
+            )
         return distill_weight
     if isinstance(distill_weight, (int, float)) and not isinstance(distill_weight, bool):
+        if burn_in_steps is None:
+            burn_in_steps = PAPER_BURN_IN_STEPS
         return BurnIn(distill_weight, burn_in_steps)
     raise errors.ConfigTypeError(
         "distill_weight must be a number or a tf_codistill.schedules.DistillWeightSchedule, "

@@ -32,6 +32,7 @@ from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import layout
 from tf_codistill import losses
+from tf_codistill import peer_selection as peer_selection_lib
 from tf_codistill import schedules
 from tf_codistill.datasets import sharding
 
@@ -209,8 +210,9 @@ def train_group(
     codistill: bool = True,
     distill_loss: Union[str, losses.DistillationLoss] = "softmax_cross_entropy",
     distill_weight: Union[float, schedules.DistillWeightSchedule] = 1.0,
-    burn_in_steps: Optional[int] = schedules.PAPER_BURN_IN_STEPS,
+    burn_in_steps: Optional[int] = None,
     exchange_every_n_steps: int = 50,
+    peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
     max_staleness_steps: Optional[int] = None,
     checkpoints_to_keep: int = 5,
     wait_for_peers_s: float = 0.0,
@@ -253,8 +255,13 @@ def train_group(
         publishes, e.g. for an ensemble baseline).
       distill_loss: psi, by name or object.
       distill_weight: weight after burn-in, or a schedule.
-      burn_in_steps: steps without distillation (numeric `distill_weight`).
+      burn_in_steps: steps without distillation, for a numeric
+        `distill_weight` (None: the paper's 3000).
       exchange_every_n_steps: checkpoint exchange interval, in train steps.
+      peer_selection: which peers the teachers hold in each exchange
+        interval: `all_peers` (None, the paper), `random_peer`, `round_robin`
+        or a `tf_codistill.peer_selection.PeerSelection` (in gin,
+        `@tf_codistill.peer_selection.RandomPeer()`).
       max_staleness_steps: teachers older than this are left out.
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
@@ -317,10 +324,9 @@ def train_group(
             exchange_dir=root_dir,
             distill_loss=distill_loss,
             distill_weight=distill_weight,
-            burn_in_steps=None
-            if isinstance(distill_weight, schedules.DistillWeightSchedule)
-            else burn_in_steps,
+            burn_in_steps=burn_in_steps,
             exchange_every_n_steps=exchange_every_n_steps,
+            peer_selection=peer_selection,
             peer_indices=None if codistill else [],
             teacher_builder=model_fn,
             max_checkpoints_to_keep=checkpoints_to_keep,
@@ -386,7 +392,9 @@ def train_group(
             save_freq=max(1, backup_every_n_steps // steps_per_execution),
             delete_checkpoint=False,
         ),
-        callbacks_lib.ExchangeCallback(wait_for_peers_s=wait_for_peers_s if codistill else 0.0),
+        callbacks_lib.ExchangeCallback(
+            exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
+        ),
         history,
         callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
         callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),

@@ -180,7 +180,7 @@ def carried_lstm_layers(model: tf.Module) -> list:
     return [m for m in found if m.carry_state]
 
 
-class CarriedStateCallback(callbacks_lib._StepCounting):  # pylint: disable=protected-access
+class CarriedStateCallback(callbacks_lib.StepCounting):
     """Keeps evaluation from disturbing carried LSTM state; resets it on request.
 
     With `isolate_evaluation` (the default), before each evaluation every
