@@ -18,10 +18,9 @@ with <output_dir> defaulting to <root_dir>/eval (docs/evaluation.md).
 """
 
 from absl import flags
-from absl import logging
 
 from tf_codistill import app
-from tf_codistill import errors
+from tf_codistill.evaluation import tools
 
 flags.DEFINE_string(
     "root_dir", None, "Directory of the run (holds group_<i>/).", allow_override=True
@@ -30,7 +29,7 @@ flags.DEFINE_multi_integer("group", [], "Group(s) to evaluate; default: every gr
 flags.DEFINE_enum(
     "mode",
     "latest",
-    ["latest", "all", "sidecar"],
+    list(tools.MODES),
     "latest: the latest checkpoint; all: every kept checkpoint; sidecar: wait for new "
     "checkpoints while the group trains.",
 )
@@ -71,51 +70,20 @@ FLAGS = flags.FLAGS
 @app.one_line_errors
 def main(argv):
     del argv
-
-    from tf_codistill import evaluation
-
-    groups = list(FLAGS.group) or evaluation.find_groups(FLAGS.root_dir)
-    if not groups:
-        raise errors.ConfigError(f"no group_<i> directory in --root_dir={FLAGS.root_dir}")
-    if FLAGS.ensemble and FLAGS.mode != "latest":
-        raise errors.ConfigError("--ensemble evaluates the latest checkpoints; use --mode=latest")
-    if FLAGS.mode == "sidecar" and len(groups) != 1:
-        raise errors.ConfigError(f"--mode=sidecar follows one group; got groups {groups}")
-    wait_s = FLAGS.timeout_s if FLAGS.mode == "sidecar" else 0.0
-    runs = [
-        evaluation.load_group(
-            FLAGS.root_dir,
-            g,
-            FLAGS.gin_file,
-            FLAGS.gin_bindings,
-            wait_s=wait_s,
-            poll_interval_s=FLAGS.poll_interval_s,
-        )
-        for g in groups
-    ]
-    if FLAGS.ensemble:
-        evaluation.evaluate_ensemble(runs, FLAGS.output_dir, FLAGS.ensemble_head)
-        return
-    for run in runs:
-        evaluator = evaluation.GroupEvaluator(run, FLAGS.output_dir)
-        try:
-            if FLAGS.mode == "latest":
-                evaluator.latest()
-            elif FLAGS.mode == "all":
-                evaluator.all()
-            else:
-                final_step = FLAGS.final_step
-                if final_step is None:
-                    final_step = run.config.train_steps
-                evaluator.sidecar(
-                    final_step=final_step,
-                    timeout_s=FLAGS.timeout_s,
-                    poll_interval_s=FLAGS.poll_interval_s,
-                    max_attempts=FLAGS.max_attempts,
-                )
-        finally:
-            evaluator.close()
-        logging.info("%s: results in %s", run.name, evaluator.results.path)
+    tools.evaluate_run(
+        FLAGS.root_dir,
+        FLAGS.group,
+        mode=FLAGS.mode,
+        ensemble=FLAGS.ensemble,
+        ensemble_head=FLAGS.ensemble_head,
+        gin_files=FLAGS.gin_file,
+        gin_bindings=FLAGS.gin_bindings,
+        output_dir=FLAGS.output_dir,
+        final_step=FLAGS.final_step,
+        timeout_s=FLAGS.timeout_s,
+        poll_interval_s=FLAGS.poll_interval_s,
+        max_attempts=FLAGS.max_attempts,
+    )
 
 
 def run():

@@ -1,4 +1,7 @@
-"""Test session set-up: runs before any test module imports TensorFlow ops."""
+"""Test session set-up and the fixtures several test modules share.
+
+Runs before any test module imports TensorFlow ops.
+"""
 
 import os
 
@@ -16,9 +19,67 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # TensorFlow initialises its devices, so it is done once for the session.
 testing.use_virtual_cpus(2)
 
+import gin  # noqa: E402
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # absltest's create_tempdir() reads --test_tmpdir; under pytest nobody parses
 # absl flags, so take their defaults.
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    """Every test starts and ends with an empty gin config."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A finished run of gin/demo/tiny.gin: two codistilling groups, trained in turn.
+
+    Shared by the evaluation tests, which only read it (or write under
+    `eval/`, removing what they add).
+    """
+    from tf_codistill import gin_utils
+    from tf_codistill import train_lib
+
+    root = str(tmp_path_factory.mktemp("run"))
+    for g in range(2):
+        gin.clear_config()
+        gin_utils.parse(
+            ["demo/tiny.gin"], ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
+        )
+        train_lib.train_group(root, g, 2)
+    gin.clear_config()
+    return root
+
+
+@pytest.fixture
+def evaluate_main():
+    """Runs binaries/evaluate.py's main in this process with the given flags."""
+    evaluate = testing.load_binary("evaluate")
+
+    def run(root_dir, output_dir, groups=(), mode="latest", ensemble=False, bindings=()):
+        values = dict(
+            root_dir=root_dir,
+            group=list(groups),
+            mode=mode,
+            ensemble=ensemble,
+            ensemble_head="auto",
+            timeout_s=60,
+            poll_interval_s=0.1,
+            final_step=None,
+            max_attempts=3,
+            gin_file=[],
+            gin_bindings=list(bindings),
+            output_dir=output_dir,
+        )
+        for name, value in values.items():
+            setattr(flags.FLAGS, name, value)
+        evaluate.main([])
+
+    return run

@@ -19,7 +19,7 @@ GIN_MODULES = {
     "tf_codistill/configurables.py",
     "tf_codistill/train_lib.py",
     "tf_codistill/gin_utils.py",
-    "tf_codistill/evaluation.py",
+    "tf_codistill/evaluation/run_config.py",
 }
 
 

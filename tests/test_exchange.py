@@ -244,6 +244,10 @@ class PublisherTest(parameterized.TestCase, tf.test.TestCase):
             self.assertAllEqual(a, b)
         reader = tf.train.load_checkpoint(group_dir)
         self.assertEqual(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"), 3)
+        # Every object a fresh Checkpoint(model, step) has is in the file.
+        tf.train.Checkpoint(model=testing.mlp(seed=9), step=tf.Variable(0, dtype=tf.int64)).restore(
+            tf.train.latest_checkpoint(group_dir)
+        ).assert_existing_objects_matched()
         self.assertFalse([k for k in reader.get_variable_to_shape_map() if "optimizer" in k])
 
     def test_unwritable_exchange_dir_is_a_clear_error(self):

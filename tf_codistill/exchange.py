@@ -353,7 +353,13 @@ class Publisher:
 
         def make():
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="published_step")
-            return step, tf.train.Checkpoint(model=model, step=step)
+            checkpoint = tf.train.Checkpoint(model=model, step=step)
+            # Created by reading it: checkpoints keep holding `save_counter`,
+            # as CheckpointManager's did, so a reader that restores into a
+            # fresh tf.train.Checkpoint and asserts that every object matched
+            # keeps working.
+            checkpoint.save_counter  # noqa: B018
+            return step, checkpoint
 
         self._step, self._checkpoint = outside_strategy(make)
         # (step, timestamp) of the kept checkpoints, oldest first.
@@ -426,6 +432,7 @@ class Publisher:
 
         def save():
             self._step.assign(step)
+            self._checkpoint.save_counter.assign_add(1)
             return self._checkpoint.write(prefix)
 
         path = outside_strategy(save)

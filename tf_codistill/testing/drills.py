@@ -220,18 +220,7 @@ def check_published(group_dir: str, model_fn: Callable[[], keras.Model]) -> list
 
 def scalars(group_dir: str, tag: str, split: str = "train") -> list[tuple[int, float]]:
     """(step, value) of a TensorBoard scalar of a group, over all its processes' event files."""
-    values = []
-    for path in glob.glob(os.path.join(layout.tensorboard_dir(group_dir), split, "events.*")):
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                values += [
-                    (event.step, float(tf.make_ndarray(v.tensor)))
-                    for v in event.summary.value
-                    if v.tag == tag
-                ]
-        except tf.errors.DataLossError:  # A killed writer's last, truncated record.
-            pass
-    return sorted(values)
+    return fixtures.event_scalars(os.path.join(layout.tensorboard_dir(group_dir), split), tag)
 
 
 def _files(prefix: str) -> frozenset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -147,3 +148,67 @@ def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2
     flags_.strategy = "default"
     flags_.tpu = None
     train.main([])
+
+
+# gin/demo/tiny.gin: an MLP 32-16-10 on 128 validation examples of the planted task.
+DEMO_TINY = dict(input_dim=32, num_classes=10, hidden=(16,), num_eval=128, sharpness=4.0)
+
+
+def demo_tiny_student() -> keras.Model:
+    """A new student of gin/demo/tiny.gin's architecture (random weights)."""
+    from tf_codistill.models import mlp
+
+    return mlp.mlp_classifier(
+        input_dim=DEMO_TINY["input_dim"],
+        num_classes=DEMO_TINY["num_classes"],
+        hidden_units=DEMO_TINY["hidden"],
+    )
+
+
+def demo_tiny_eval_data() -> tuple[np.ndarray, np.ndarray]:
+    """gin/demo/tiny.gin's evaluation set (the planted task's validation split)."""
+    from tf_codistill.datasets import synthetic
+
+    return synthetic.planted_classification(
+        "validation",
+        DEMO_TINY["num_eval"],
+        DEMO_TINY["input_dim"],
+        DEMO_TINY["num_classes"],
+        sharpness=DEMO_TINY["sharpness"],
+    )
+
+
+def restore_latest(model: keras.Model, group_dir: str) -> keras.Model:
+    """`model` holding a group's latest published checkpoint, read the documented way.
+
+    (`tf.train.Checkpoint(model=m).restore(tf.train.latest_checkpoint(d))`,
+    exchange.py's docstring): what anyone outside tf_codistill would do.
+    """
+    prefix = tf.train.latest_checkpoint(group_dir)
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    return model
+
+
+def event_scalars(directory: str, tag: Optional[str] = None):
+    """Scalars from the TensorBoard event files directly in `directory`.
+
+    Returns:
+      Sorted (step, value) pairs of `tag`; with no tag, {tag: those pairs}.
+      A killed writer's last, truncated record is skipped.
+    """
+    import glob
+    import os
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in glob.glob(os.path.join(directory, "events.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for v in event.summary.value:
+                    value = (
+                        float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                    )
+                    found.setdefault(v.tag, []).append((event.step, value))
+        except tf.errors.DataLossError:
+            pass
+    found = {k: sorted(v) for k, v in found.items()}
+    return found if tag is None else found.get(tag, [])

@@ -1,4 +1,7 @@
-"""binaries/churn.py on group checkpoints, ensembles and exported students.
+"""evaluation.tools, what binaries/churn.py and binaries/evaluate.py do.
+
+Churn on group checkpoints, ensembles and exported students; the evaluate
+binary's mistakes, each one clear line.
 
 The "runs" are made by hand: each group directory gets an operative config
 (the tiny demo) and one published checkpoint of a student with seeded random
@@ -8,6 +11,7 @@ with numpy from the same students' predictions.
 
 import json
 import os
+import shutil
 
 import gin
 import numpy as np
@@ -17,23 +21,14 @@ from absl import flags
 
 from tf_codistill import exchange
 from tf_codistill import testing
-from tf_codistill.datasets import synthetic
-from tf_codistill.models import mlp
 
 churn = testing.load_binary("churn")
 FLAGS = flags.FLAGS
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def student(seed):
     keras.utils.set_random_seed(seed)
-    return mlp.mlp_classifier(input_dim=32, num_classes=10, hidden_units=(16,))
+    return testing.demo_tiny_student()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +49,7 @@ def runs(tmp_path_factory):
 
 
 def probabilities(model):
-    x, _ = synthetic.planted_classification("validation", 128, 32, 10, sharpness=4.0)
+    x, _ = testing.demo_tiny_eval_data()
     logits = model(x).numpy().astype(np.float64)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -148,7 +143,7 @@ def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
         (["{tmp}/m.keras", "{tmp}/m.keras"], [], "only .keras models were given"),
     ],
 )
-def test_mistakes_give_one_clear_message(runs, tmp_path, models, gin_files, message):
+def test_churn_mistakes_give_one_clear_message(runs, tmp_path, models, gin_files, message):
     (r0, _), students = runs
     students[0, 0].save(str(tmp_path / "m.keras"))
     models = [m.format(r0=r0, tmp=tmp_path) for m in models]
@@ -156,4 +151,52 @@ def test_mistakes_give_one_clear_message(runs, tmp_path, models, gin_files, mess
         run_main(models, gin_files)
     text = str(exit_info.value.code)
     assert text.startswith("churn.py: ") and message in text, text
+    assert "Traceback" not in text and "\n" not in text
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown_group", "no group 5 in"),
+        ("no_checkpoint", "group_0 has no checkpoint in"),
+        ("unparsable_config", "in gin file"),
+        ("other_architecture", "hidden_0/kernel has shape [32, 16], expected [32, 8]"),
+        ("ensemble_of_all", "--ensemble evaluates the latest checkpoints"),
+        ("sidecar_on_two_groups", "--mode=sidecar follows one group"),
+        ("ensemble_of_one", "an ensemble needs at least two groups"),
+        ("empty_root", "no group_<i> directory in --root_dir"),
+    ],
+)
+def test_evaluate_mistakes_give_one_clear_message(run_dir, tmp_path, case, message, evaluate_main):
+    root, groups, mode, ensemble, bindings = run_dir, [0], "latest", False, []
+    config = os.path.join(run_dir, "group_0", "operative_config.gin")
+    if case == "unknown_group":
+        groups = [5]
+    elif case == "no_checkpoint":
+        root = str(tmp_path / "run")
+        os.makedirs(f"{root}/group_0")
+        shutil.copy(config, f"{root}/group_0")
+    elif case == "unparsable_config":
+        root = str(tmp_path / "run")
+        write(f"{root}/group_0/operative_config.gin", "train_group.train_steps = ((\n")
+    elif case == "other_architecture":
+        bindings = ["tf_codistill.models.mlp_classifier.hidden_units = (8,)"]
+    elif case == "ensemble_of_all":
+        groups, mode, ensemble = [0, 1], "all", True
+    elif case == "sidecar_on_two_groups":
+        groups, mode = [0, 1], "sidecar"
+    elif case == "ensemble_of_one":
+        ensemble = True
+    elif case == "empty_root":
+        root, groups = str(tmp_path), []
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(root, str(tmp_path / "eval"), groups, mode, ensemble, bindings)
+    text = str(exit_info.value.code)
+    assert text.startswith("evaluate.py: ") and message in text, text
     assert "Traceback" not in text and "\n" not in text

@@ -1,0 +1,62 @@
+"""evaluation.ensembles: the ensemble of two really trained groups, and its logits by hand."""
+
+import json
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_codistill import evaluation
+from tf_codistill import testing
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_ensemble_is_the_average_of_the_groups_probabilities(run_dir, tmp_path, evaluate_main):
+    evaluate_main(run_dir, str(tmp_path), groups=[0, 1], ensemble=True)
+    results = read_json(tmp_path / "eval_ensemble_0_1.json")
+    assert (results["kind"], results["head"], results["groups"]) == ("ensemble", "softmax", [0, 1])
+    (entry,) = results["evaluations"]
+    assert entry["member_steps"] == {"group_0": 40, "group_1": 40}
+
+    # By hand: restore both students, average their softmax probabilities.
+    x, y = testing.demo_tiny_eval_data()
+    members = [
+        testing.restore_latest(testing.demo_tiny_student(), os.path.join(run_dir, f"group_{g}"))
+        for g in range(2)
+    ]
+    probs = [softmax(m(x).numpy().astype(np.float64)) for m in members]
+    mean = (probs[0] + probs[1]) / 2
+    cross_entropy = -np.mean(np.log(mean[np.arange(len(y)), y]))
+    accuracy = np.mean(mean.argmax(axis=1) == y)
+    np.testing.assert_allclose(entry["task_loss"], cross_entropy, rtol=1e-5)
+    np.testing.assert_allclose(entry["accuracy"], accuracy)
+    # Jensen: -log(mean p) <= mean(-log p), so the ensemble's loss is at most the members' mean.
+    members = [-np.mean(np.log(p[np.arange(len(y)), y])) for p in probs]
+    assert cross_entropy <= np.mean(members)
+
+
+def test_ensemble_logits_softmax_and_sigmoid_by_hand():
+    # Sigmoid: p = sigmoid(0) = 0.5 and sigmoid(ln 4) = 0.8 -> mean 0.65 -> logit ln(0.65 / 0.35).
+    logits = evaluation.ensemble_logits(
+        [tf.constant([[0.0]]), tf.constant([[math.log(4)]])], "sigmoid"
+    )
+    np.testing.assert_allclose(logits.numpy(), [[math.log(0.65 / 0.35)]], rtol=1e-6)
+    # Far in the tails the probabilities underflow, but the logits stay exact.
+    tails = evaluation.ensemble_logits([tf.constant([-200.0]), tf.constant([-200.0])], "sigmoid")
+    np.testing.assert_allclose(tails.numpy(), [-200.0], rtol=1e-6)
+    # Softmax: softmax(output) = mean of (0.5, 0.5) and (0.1, 0.9) = (0.3, 0.7).
+    out = evaluation.ensemble_logits(
+        [tf.math.log([[0.5, 0.5]]), tf.math.log([[0.1, 0.9]])], "softmax"
+    )
+    np.testing.assert_allclose(tf.nn.softmax(out).numpy(), [[0.3, 0.7]], rtol=1e-6)

@@ -1,0 +1,246 @@
+"""Ensembles of groups (the paper's upper bound), and models named on a command line.
+
+`evaluate_ensemble` evaluates the average of several groups' latest
+checkpoints (the paper's 2-way ensemble baseline, section 3.3): probabilities
+are averaged (softmax heads) or the per-label probabilities (sigmoid heads),
+and the `EnsembleModel` outputs the *logits of the averaged distribution*, so
+the run's own compiled loss (`from_logits=True`) and metrics apply unchanged.
+Results are kept like a group's (`evaluator.Results`), as
+`eval_ensemble_<i>_<j>.json`.
+
+`load_model` turns a spec (`ROOT_DIR:GROUP`, `ROOT_DIR:G1+G2`, `PATH.keras`)
+into a model ready to predict, for the churn tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from tf_codistill import errors
+from tf_codistill import losses
+from tf_codistill import metrics as metrics_lib
+from tf_codistill.evaluation import evaluator
+
+__all__ = [
+    "EnsembleModel",
+    "LoadedModel",
+    "ensemble_logits",
+    "ensemble_name",
+    "evaluate_ensemble",
+    "load_model",
+]
+
+
+class EnsembleModel(keras.Model):
+    """Averages its members' predicted probabilities; outputs their logits.
+
+    * `softmax` head: the output is `log(mean_j softmax(z_j))`, a valid logits
+      vector whose softmax is the averaged distribution;
+    * `sigmoid` head (binary or multi-label): the output is
+      `logit(mean_j sigmoid(z_j))` per label, whose sigmoid is the averaged
+      probability.
+
+    Both are computed in log space (log-sum-exp), so they stay finite where
+    the probabilities underflow. A loss or metric with `from_logits=True`
+    therefore sees the ensemble's averaged prediction.
+
+    Args:
+      members: models returning logits of one shape, e.g. `[batch, classes]`
+        or `[batch, time, vocab]`; run with `training=False`.
+      head: `softmax` or `sigmoid`.
+    """
+
+    def __init__(self, members: Sequence[keras.Model], head: str, **kwargs):
+        kwargs.setdefault("name", "ensemble")
+        super().__init__(**kwargs)
+        if len(members) < 1:
+            raise errors.ConfigError("an ensemble needs at least one member")
+        if head not in metrics_lib.HEADS:
+            raise errors.ConfigError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
+        self.members = list(members)
+        for member in self.members:
+            member.trainable = False
+        self.head = head
+
+    def call(self, inputs, training=None):
+        del training  # Members always predict in inference mode.
+        logits = [tf.cast(m(inputs, training=False), tf.float32) for m in self.members]
+        return ensemble_logits(logits, self.head)
+
+
+def ensemble_logits(logits: Sequence[tf.Tensor], head: str) -> tf.Tensor:
+    """Logits of the members' averaged probabilities (see `EnsembleModel`).
+
+    Args:
+      logits: one `[batch, ...]` float logits tensor per member, same shapes.
+      head: `softmax` (average over the last axis' distribution) or `sigmoid`
+        (average each label's probability).
+
+    Returns:
+      `[batch, ...]` float32 logits of the averaged prediction.
+    """
+    logits = [tf.cast(z, tf.float32) for z in logits]
+    if head == metrics_lib.SOFTMAX:
+        return losses.average_log_probs(logits, tf.ones([len(logits)], tf.float32))
+    if head == metrics_lib.SIGMOID:
+        stacked = tf.stack(logits, axis=0)
+        log_k = math.log(len(logits))
+        # log mean p and log mean (1 - p), with 1 - sigmoid(z) = sigmoid(-z).
+        log_p = tf.reduce_logsumexp(tf.math.log_sigmoid(stacked), axis=0) - log_k
+        log_not_p = tf.reduce_logsumexp(tf.math.log_sigmoid(-stacked), axis=0) - log_k
+        return log_p - log_not_p
+    raise errors.ConfigError(f"head must be one of {metrics_lib.HEADS}, got {head!r}")
+
+
+def ensemble_name(group_indices: Sequence[int]) -> str:
+    return "ensemble_" + "_".join(str(g) for g in group_indices)
+
+
+def evaluate_ensemble(
+    runs: Sequence[evaluator.GroupRun],
+    output_dir: Optional[str] = None,
+    head: str = "auto",
+) -> dict[str, Any]:
+    """Evaluates the ensemble of the groups' latest checkpoints.
+
+    The data, loss, metrics and evaluation steps are the first group's.
+
+    Args:
+      runs: two or more groups (`load_group`).
+      output_dir: where results go; defaults to the first run's
+        `<root_dir>/eval`.
+      head: `softmax`, `sigmoid`, or `auto`: from the run's `distill_loss`
+        (`sigmoid_cross_entropy` means a sigmoid head, the softmax losses a
+        softmax head) or else from the output shape (one output: sigmoid).
+
+    Returns:
+      The recorded entry: the metrics, `step` (the smallest member step) and
+      `member_steps`.
+
+    Raises:
+      EvaluationError: fewer than two groups, or a group without a usable
+        checkpoint.
+    """
+    if len(runs) < 2:
+        raise errors.EvaluationError(f"an ensemble needs at least two groups, got {len(runs)}")
+    start = time.perf_counter()
+    members, steps = [], []
+    for run in runs:
+        model, step = evaluator.latest_restored(run)
+        members.append(model)
+        steps.append(step)
+    first = runs[0]
+    if head == "auto":
+        head = metrics_lib.infer_head(first.config.distill_loss, members[0].output_shape)
+    ensemble = EnsembleModel(members, head)
+    loss, metrics = first.config.loss_and_metrics()
+    ensemble.compile(loss=loss, metrics=metrics, weighted_metrics=first.config.weighted_metrics())
+    dataset = first.config.dataset(first.group_index, first.num_groups)
+    values = evaluator.evaluate_compiled(ensemble, dataset, first.config.eval_steps)
+    name = ensemble_name([r.group_index for r in runs])
+    results = evaluator.Results(
+        output_dir or evaluator.default_output_dir(first.root_dir),
+        name,
+        {
+            "kind": "ensemble",
+            "root_dir": first.root_dir,
+            "groups": [r.group_index for r in runs],
+            "head": head,
+        },
+    )
+    entry = results.record(
+        min(steps),
+        values,
+        member_steps={r.name: s for r, s in zip(runs, steps, strict=True)},
+        seconds=round(time.perf_counter() - start, 3),
+        time=time.time(),
+    )
+    results.close()
+    logging.info(
+        "%s (%s head, steps %s): %s",
+        name,
+        head,
+        ", ".join(map(str, steps)),
+        evaluator.format_values(values),
+    )
+    return entry
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model named on a command line, restored and ready to predict.
+
+    Attributes:
+      name: the spec it was loaded from.
+      model: returns logits.
+      run: the (first) group it comes from; None for an exported model.
+      steps: the checkpoint step of each group (empty for an exported model).
+      head: the ensemble's head, for an ensemble of groups.
+    """
+
+    name: str
+    model: keras.Model
+    run: Optional[evaluator.GroupRun] = None
+    steps: tuple[int, ...] = ()
+    head: Optional[str] = None
+
+
+_GROUPS_SPEC = re.compile(r"^(\d{1,9})(\+\d{1,9})*$")
+
+
+def load_model(
+    spec: str,
+    gin_files: Sequence[str] = (),
+    gin_bindings: Sequence[str] = (),
+    head: str = "auto",
+) -> LoadedModel:
+    """Loads a model named by `spec`.
+
+    Args:
+      spec: `ROOT_DIR:GROUP` (the group's latest checkpoint),
+        `ROOT_DIR:G1+G2+...` (the ensemble of those groups' latest
+        checkpoints, an `EnsembleModel`) or `PATH.keras` (an exported
+        student, `model.student.save(...)`).
+      gin_files: extra gin files for the runs' configs.
+      gin_bindings: extra gin bindings for the runs' configs.
+      head: an ensemble's head (`softmax`, `sigmoid`, `auto`).
+
+    Raises:
+      EvaluationError: the spec is malformed or names nothing usable.
+    """
+    if spec.endswith(".keras"):
+        if not tf.io.gfile.exists(spec):
+            raise errors.EvaluationError(f"model file {spec} does not exist")
+        try:
+            model = keras.models.load_model(spec, compile=False)
+        except Exception as e:  # noqa: BLE001  Any failure to read a user's file.
+            raise errors.EvaluationError(
+                f"cannot load {spec}: {errors.one_line(e, with_type=True)}"
+            ) from e
+        return LoadedModel(spec, model)
+    root_dir, _, groups_text = spec.rpartition(":")
+    if not root_dir or not _GROUPS_SPEC.match(groups_text):
+        raise errors.EvaluationError(
+            f"model {spec!r}: expected ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (an ensemble) "
+            "or a .keras file"
+        )
+    groups = [int(g) for g in groups_text.split("+")]
+    if len(set(groups)) != len(groups):
+        raise errors.EvaluationError(f"model {spec!r} names a group twice")
+    runs = [evaluator.load_group(root_dir, g, gin_files, gin_bindings) for g in groups]
+    members, steps = zip(*[evaluator.latest_restored(run) for run in runs], strict=True)
+    if len(runs) == 1:
+        return LoadedModel(spec, members[0], runs[0], tuple(steps))
+    if head == "auto":
+        head = metrics_lib.infer_head(runs[0].config.distill_loss, members[0].output_shape)
+    return LoadedModel(spec, EnsembleModel(members, head), runs[0], tuple(steps), head)
