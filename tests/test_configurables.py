@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import gin
-import pytest
 
 from tf_codistill import configurables
 from tf_codistill import testing
@@ -21,13 +20,6 @@ GIN_MODULES = {
     "tf_codistill/gin_utils.py",
     "tf_codistill/evaluation/run_config.py",
 }
-
-
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def test_every_shipped_gin_file_parses_with_plain_gin_and_only_configurables():

@@ -175,6 +175,10 @@ class MakeStrategyTest(tf.test.TestCase):
 
 
 class ChiefTest(tf.test.TestCase):
+    def test_default_strategy_is_told_apart(self):
+        self.assertTrue(distribute.is_default(tf.distribute.get_strategy()))
+        self.assertFalse(distribute.is_default(testing.mirrored_strategy()))
+
     def test_single_process_strategies_are_chief(self):
         self.assertTrue(distribute.is_chief(tf.distribute.get_strategy()))
         self.assertTrue(distribute.is_chief(testing.mirrored_strategy()))
@@ -186,12 +190,13 @@ class ChiefTest(tf.test.TestCase):
     def test_chief_rules_of_a_multi_worker_cluster(self):
         def strategy(task_type, task_id, cluster):
             s = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
-            s.extended._num_workers = sum(len(v) for v in cluster.values())
             s.cluster_resolver.task_type, s.cluster_resolver.task_id = task_type, task_id
             s.cluster_resolver.cluster_spec.return_value.as_dict.return_value = cluster
             return s
 
         workers = {"worker": ["a:1", "b:2"]}
+        self.assertEqual(distribute.num_workers(strategy("worker", 1, workers)), 2)
+        self.assertEqual(distribute.num_workers(strategy("worker", 0, {})), 1)
         self.assertTrue(distribute.is_chief(strategy("worker", 0, workers)))
         self.assertFalse(distribute.is_chief(strategy("worker", 1, workers)))
         with_chief = {"chief": ["c:0"], "worker": ["a:1"]}

@@ -20,11 +20,8 @@ tf_codistill.train_lib.train_group.train_steps = 7
 
 
 @pytest.fixture(autouse=True)
-def config():
-    gin.clear_config()
+def config(clean_gin):
     gin.parse_config(CONFIG)
-    yield
-    gin.clear_config()
 
 
 def test_plain_value():

@@ -20,13 +20,6 @@ NO_WAIT = "tf_codistill.train_lib.train_group.wait_for_peers_s = 0"
 
 
 @pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
-@pytest.fixture(autouse=True)
 def at_repo_root(monkeypatch):
     # gin/lm/tiny.gin names the bundled text relative to the repository root.
     monkeypatch.chdir(testing.repo_root())

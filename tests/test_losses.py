@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 from absl.testing import parameterized
 
 from tf_codistill import losses
@@ -155,3 +156,15 @@ class RegistryTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+def test_position_weights_combine_sample_weights_and_the_keras_mask():
+    inputs = keras.Input((4,), dtype="int32")
+    hidden = keras.layers.Embedding(5, 3, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    logits = model(np.array([[1, 2, 0, 0], [3, 0, 0, 0]], np.int32))
+    # tf_keras still hands the mask on as the output's `_keras_mask` (private).
+    assert losses._keras_mask(logits) is not None  # pylint: disable=protected-access
+    weights = losses.position_weights(logits, np.array([1.0, 2.0], np.float32))
+    np.testing.assert_array_equal(weights, [[1, 1, 0, 0], [2, 0, 0, 0]])
+    assert losses.position_weights(tf.zeros([2, 2])) is None

@@ -18,13 +18,6 @@ GIN_FILES = sorted(
 )
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 @pytest.mark.parametrize("gin_file", GIN_FILES)
 def test_every_shipped_gin_file_parses(gin_file):
     gin_utils.parse([gin_file], finalize=False)

@@ -20,13 +20,6 @@ from tf_codistill import train_lib
 ROOT = "tf_codistill.train_lib.train_group"
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def bound(name):
     """The value bound to `name` in the parsed config, or None if unbound."""
     try:

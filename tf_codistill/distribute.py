@@ -74,7 +74,12 @@ def _cluster_resolver(strategy: tf.distribute.Strategy):
 
 
 def is_default(strategy: tf.distribute.Strategy) -> bool:
-    """Whether `strategy` is TensorFlow's default (no distribution) strategy."""
+    """Whether `strategy` is TensorFlow's default (no distribution) strategy.
+
+    TensorFlow exports no class or test for it (`tf.distribute.get_strategy()`
+    returns it only outside every scope); its class name is checked here, the
+    one place (tests/test_distribute.py fails if TensorFlow renames it).
+    """
     return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
@@ -82,7 +87,9 @@ def num_workers(strategy: Optional[tf.distribute.Strategy] = None) -> int:
     """Number of worker processes the strategy spans (1 unless multi-worker)."""
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return int(strategy.extended._num_workers)  # pylint: disable=protected-access
+        # The chief (if any) and the workers of TF_CONFIG; none without one.
+        cluster = _cluster_resolver(strategy).cluster_spec().as_dict()
+        return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
     return 1
 
 

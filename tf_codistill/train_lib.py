@@ -77,13 +77,24 @@ class _BackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def on_train_batch_end(self, batch, logs=None):
-        self._training_state._ckpt_saved_batch.assign(batch)  # pylint: disable=protected-access
+        _record_saved_batch(self, batch)
         with exchange.writing("the resume state", self.backup_dir):
             super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         with exchange.writing("the resume state", self.backup_dir):
             super().on_epoch_end(epoch, logs)
+
+
+def _record_saved_batch(backup: keras.callbacks.BackupAndRestore, batch: int) -> None:
+    """Makes `backup`'s next save record `batch` as the batch it was made after.
+
+    tf_keras has no public way: BackupAndRestore keeps the batch in its
+    training state's `_ckpt_saved_batch` variable, which it assigns in
+    `on_train_batch_begin`. If tf_keras renames it, this raises at the first
+    batch (tests/test_train_lib.py, with steps_per_execution > 1).
+    """
+    backup._training_state._ckpt_saved_batch.assign(batch)  # pylint: disable=protected-access
 
 
 def resumed_step(backup_dir: str) -> int:

@@ -23,13 +23,6 @@ BINDINGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def _train(root, steps):
     gin.clear_config()
     gin_utils.parse(
