@@ -1,30 +1,18 @@
 """Two groups as two processes through binaries/launch_local.py, with the baseline."""
 
-import glob
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
 
 from tf_codistill import testing
+from tf_codistill.testing import drills
 
 pytestmark = pytest.mark.slow
 
 BURN_IN = 10  # demo/tiny.gin
-
-
-def summaries(group_dir, tag):
-    """(step, value) of a training scalar from a group's TensorBoard events."""
-    out = []
-    for path in glob.glob(os.path.join(group_dir, "tensorboard", "train", "events.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    out.append((event.step, float(tf.make_ndarray(v.tensor))))
-    return sorted(out)
 
 
 def test_two_groups_and_baseline_as_processes(tmp_path):
@@ -59,11 +47,11 @@ def test_two_groups_and_baseline_as_processes(tmp_path):
         assert metrics["steps"] == 40
         assert metrics["final"]["val_distill_loss"] > 0
         assert metrics["teacher_reloads"][str(1 - g)]["loaded"] >= 1
-        weights = summaries(group_dir, "distill_weight")
-        distill = summaries(group_dir, "distill_loss")
+        weights = drills.scalars(group_dir, "distill_weight")
+        distill = drills.scalars(group_dir, "distill_loss")
         assert weights and all(w == 1.0 for s, w in weights if s > 2 * BURN_IN)
         assert all(d > 0 for s, d in distill if s > 2 * BURN_IN)
-        assert summaries(group_dir, "teacher_staleness")
+        assert drills.scalars(group_dir, "teacher_staleness")
 
     with open(os.path.join(tmp_path, "baseline", "group_0", "metrics.json")) as f:
         baseline = json.load(f)

@@ -1,6 +1,5 @@
 """The language-model workload (gin/lm) end to end through binaries/train.py."""
 
-import glob
 import json
 import math
 
@@ -23,17 +22,6 @@ NO_WAIT = "tf_codistill.train_lib.train_group.wait_for_peers_s = 0"
 def at_repo_root(monkeypatch):
     # gin/lm/tiny.gin names the bundled text relative to the repository root.
     monkeypatch.chdir(testing.repo_root())
-
-
-def scalars(directory):
-    """{tag: [(step, value)]} of the TensorBoard events under `directory`."""
-    out = {}
-    for path in glob.glob(str(directory / "events.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
-                out.setdefault(v.tag, []).append((event.step, value))
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def test_tiny_lm_codistills_and_writes_outputs(tmp_path):
@@ -67,7 +55,7 @@ def test_tiny_lm_codistills_and_writes_outputs(tmp_path):
     assert final["val_task_loss"] == pytest.approx(
         final["val_token_cross_entropy"] * 268 / 384, rel=1e-4
     )
-    train_scalars = scalars(group / "tensorboard" / "train")
+    train_scalars = testing.event_scalars(str(group / "tensorboard" / "train"))
     # Steps 11-20 are all past the burn-in of 5 steps: weight 1, distillation on.
     assert train_scalars["distill_weight"][-1] == (20, 1.0)
     step, distill = train_scalars["distill_loss"][-1]

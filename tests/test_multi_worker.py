@@ -1,7 +1,6 @@
 """Two groups x two workers (MultiWorkerMirroredStrategy) as real processes on 127.0.0.1."""
 
 import collections
-import glob
 import json
 import os
 import re
@@ -16,23 +15,12 @@ import tf_keras as keras
 from tf_codistill import testing
 from tf_codistill.datasets import synthetic
 from tf_codistill.models import mlp
+from tf_codistill.testing import drills
 
 pytestmark = pytest.mark.slow
 
 RELOAD = re.compile(r"^\[(g\d)(w\d)\] .*Group \d: teacher for peer (\d) <- step (\d+)")
 BUILT = re.compile(r"^\[(g\d)(w\d)\] .*CodistillModel group \d of \d: .*publishing (True|False)")
-
-
-def _scalars(group_dir, tag):
-    values = []
-    for path in glob.glob(os.path.join(group_dir, "tensorboard", "train", "events.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            values += [
-                (event.step, float(tf.make_ndarray(v.tensor)))
-                for v in event.summary.value
-                if v.tag == tag
-            ]
-    return sorted(values)
 
 
 def test_two_groups_of_two_workers(tmp_path):
@@ -92,7 +80,7 @@ def test_two_groups_of_two_workers(tmp_path):
             metrics = json.load(f)
         assert metrics["steps"] == 40
         # Distillation was on after burn-in (10 steps) ...
-        assert all(w == 1.0 for s, w in _scalars(group_dir, "distill_weight") if s >= 30)
+        assert all(w == 1.0 for s, w in drills.scalars(group_dir, "distill_weight") if s >= 30)
         assert metrics["final"]["val_distill_loss"] > 0
         # ... and the reported evaluation is the true value, not a sum over workers.
         student = mlp.mlp_classifier(hidden_units=(16,))
