@@ -7,26 +7,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import tf_codistill
 from tf_codistill import distribute
 from tf_codistill import exchange
 from tf_codistill import testing
 
 
 def _model(exchange_dir, **kwargs):
-    model = tf_codistill.CodistillModel(
-        testing.mlp(seed=0),
-        group_index=0,
-        num_groups=2,
-        exchange_dir=exchange_dir,
-        burn_in_steps=0,
-        exchange_every_n_steps=10,
-        **kwargs,
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    return model
+    return testing.codistill_model(exchange_dir, exchange_every_n_steps=10, **kwargs)
 
 
 class PublishAt(keras.callbacks.Callback):

@@ -22,20 +22,9 @@ def publish_peer(model, exchange_dir, group, step):
 
 
 def make_codistill(exchange_dir, group=0, num_groups=2, seed=0, **kwargs):
-    kwargs.setdefault("burn_in_steps", 0)
-    model = tf_codistill.CodistillModel(
-        testing.mlp(seed=seed),
-        group_index=group,
-        num_groups=num_groups,
-        exchange_dir=exchange_dir,
-        **kwargs,
+    return testing.codistill_model(
+        exchange_dir, group, num_groups, seed, metrics=["accuracy"], **kwargs
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=SCCE(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def manual_step(student, teacher, x, y, weight, lr, distill_loss=None):

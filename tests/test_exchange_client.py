@@ -4,9 +4,7 @@ from unittest import mock
 
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 
-import tf_codistill
 from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
@@ -15,19 +13,7 @@ from tf_codistill import testing
 
 
 def _model(exchange_dir, **kwargs):
-    model = tf_codistill.CodistillModel(
-        testing.mlp(seed=0),
-        group_index=0,
-        num_groups=2,
-        exchange_dir=exchange_dir,
-        burn_in_steps=0,
-        **kwargs,
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return testing.codistill_model(exchange_dir, **kwargs)
 
 
 def test_background_reads_by_default_in_single_process_groups_only():

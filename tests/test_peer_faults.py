@@ -2,7 +2,6 @@
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 import tf_codistill
 from tf_codistill import exchange
@@ -10,16 +9,8 @@ from tf_codistill import testing
 
 
 def _model(exchange_dir, **kwargs):
-    kwargs.setdefault("burn_in_steps", 0)
     kwargs.setdefault("exchange_every_n_steps", 4)
-    model = tf_codistill.CodistillModel(
-        testing.mlp(seed=0), group_index=0, num_groups=2, exchange_dir=exchange_dir, **kwargs
-    )
-    model.compile(
-        keras.optimizers.SGD(0.05),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return testing.codistill_model(exchange_dir, learning_rate=0.05, **kwargs)
 
 
 def _overflowing_peer():

@@ -1,6 +1,7 @@
 """Fixtures for tf_codistill's tests and for users testing their own setups."""
 
 from tf_codistill.testing.fixtures import SubclassedMLP
+from tf_codistill.testing.fixtures import codistill_model
 from tf_codistill.testing.fixtures import demo_tiny_eval_data
 from tf_codistill.testing.fixtures import demo_tiny_student
 from tf_codistill.testing.fixtures import event_scalars
@@ -15,6 +16,7 @@ from tf_codistill.testing.fixtures import use_virtual_cpus
 
 __all__ = [
     "SubclassedMLP",
+    "codistill_model",
     "demo_tiny_eval_data",
     "demo_tiny_student",
     "event_scalars",

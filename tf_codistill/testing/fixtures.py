@@ -78,6 +78,37 @@ class SubclassedMLP(keras.Model):
         return self.out(self.hidden(inputs))
 
 
+def codistill_model(
+    exchange_dir: str,
+    group_index: int = 0,
+    num_groups: int = 2,
+    seed: int = 0,
+    learning_rate: float = 0.1,
+    metrics: Sequence[str] = (),
+    **kwargs,
+) -> keras.Model:
+    """A compiled `CodistillModel` of `mlp(seed)` (SGD, cross-entropy), burn-in 0 by default.
+
+    `kwargs` go to `CodistillModel` (`exchange_every_n_steps`, ...).
+    """
+    from tf_codistill import codistill_model as codistill_model_lib
+
+    kwargs.setdefault("burn_in_steps", 0)
+    model = codistill_model_lib.CodistillModel(
+        mlp(seed=seed),
+        group_index=group_index,
+        num_groups=num_groups,
+        exchange_dir=exchange_dir,
+        **kwargs,
+    )
+    model.compile(
+        keras.optimizers.SGD(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=list(metrics),
+    )
+    return model
+
+
 def toy_classification(
     num_examples: int = 256,
     input_dim: int = 8,
