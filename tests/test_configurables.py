@@ -79,3 +79,16 @@ def test_every_listed_configurable_is_registered_under_its_module():
     names += ["tf_codistill.train_lib.train_group", "tf_codistill.datasets.text.TextCorpus"]
     for name in names:
         assert gin.get_configurable(name) is not None, name
+
+
+def test_a_gin_file_picks_the_peer_selection_rule():
+    from tf_codistill import gin_utils
+    from tf_codistill import peer_selection
+
+    gin.parse_config(
+        "tf_codistill.train_lib.train_group.peer_selection = "
+        "@tf_codistill.peer_selection.RandomPeer()\n"
+        "tf_codistill.peer_selection.RandomPeer.seed = 3"
+    )
+    rule = gin_utils.query("tf_codistill.train_lib.train_group.peer_selection")
+    assert isinstance(rule, peer_selection.RandomPeer) and rule.seed == 3
