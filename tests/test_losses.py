@@ -44,6 +44,55 @@ class SoftmaxLossTest(tf.test.TestCase):
         out = losses.KLDivergence()(teachers, _t([[0.0, LN3]]))
         self.assertAllClose(out, [0.006402], atol=1e-6)
 
+    def test_teachers_averaged_in_logit_space(self):
+        # Peers [0, ln 9] and [0, 0]: mean logits [0, ln 3] -> q = [0.25, 0.75].
+        # Student [0, 0] -> p = [1/2, 1/2]: CE = ln 2 (the one-teacher case above).
+        teachers = [_t([[0.0, LN9]]), _t([[0.0, 0.0]])]
+        out = losses.SoftmaxCrossEntropy(average="logits")(teachers, _t([[0.0, 0.0]]))
+        self.assertAllClose(out, [LN2])
+        # With one peer the two averages agree.
+        one = [_t([[0.3, -1.2, 2.0]])]
+        student = _t([[0.5, 0.1, -0.4]])
+        self.assertAllClose(
+            losses.KLDivergence(average="logits")(one, student),
+            losses.KLDivergence()(one, student),
+        )
+
+    def test_logit_average_leaves_out_peers_with_weight_zero(self):
+        # Peer 2 is NaN and left out: the mean logits are peer 1's, [0, ln 3].
+        teachers = [_t([[0.0, LN3]]), _t([[float("nan"), float("nan")]])]
+        loss = losses.SoftmaxCrossEntropy(average="logits")
+        out = loss(teachers, _t([[0.0, 0.0]]), peer_weights=_t([1.0, 0.0]))
+        self.assertAllClose(out, [LN2])
+
+    def test_unknown_average_rejected(self):
+        with self.assertRaisesRegex(ValueError, "average must be one of"):
+            losses.SoftmaxCrossEntropy(average="median")
+
+    def test_reverse_kl_one_teacher(self):
+        # Teacher q = [1/4, 3/4]; student p = [1/2, 1/2].
+        # KL(p || q) = 1/2 ln(2) + 1/2 ln(2/3) = 0.5 * 0.693147 - 0.5 * 0.405465 = 0.143841.
+        out = losses.ReverseKL()([_t([[0.0, LN3]])], _t([[0.0, 0.0]]))
+        self.assertAllClose(out, [0.143841], atol=1e-6)
+        # Zero when the student matches the teacher, and T^2-scaled with a temperature:
+        # T = 2 on teacher [0, 2 ln 3] gives the same q, so 4 * 0.143841.
+        self.assertAllClose(losses.ReverseKL()([_t([[0.0, LN3]])], _t([[0.0, LN3]])), [0.0])
+        self.assertAllClose(
+            losses.ReverseKL(temperature=2.0)([_t([[0.0, 2 * LN3]])], _t([[0.0, 0.0]])),
+            [4 * 0.143841],
+            atol=1e-5,
+        )
+
+    def test_reverse_kl_gradient_points_toward_the_teacher(self):
+        teacher = [_t([[0.0, LN3]])]
+        student = tf.Variable([[0.0, 0.0]])
+        with tf.GradientTape() as tape:
+            out = losses.ReverseKL()(teacher, student)
+        grad = tape.gradient(out, student).numpy()
+        # Descending the gradient raises the logit of the class the teacher prefers.
+        self.assertLess(grad[0, 1], 0.0)
+        self.assertGreater(grad[0, 0], 0.0)
+
     def test_peer_left_out_even_if_nan(self):
         # Peer 2 has weight 0 (and NaN logits); q = [0.1, 0.9] from peer 1 alone.
         # CE = -(0.1 ln 0.25 + 0.9 ln 0.75) = 0.138629 + 0.258914 = 0.397543.
@@ -137,6 +186,7 @@ class RegistryTest(parameterized.TestCase):
         ("softmax_cross_entropy", losses.SoftmaxCrossEntropy),
         ("cross_entropy", losses.SoftmaxCrossEntropy),
         ("KL_divergence", losses.KLDivergence),
+        ("reverse_kl", losses.ReverseKL),
         ("logistic", losses.SigmoidCrossEntropy),
         ("mse", losses.LogitMSE),
     )

@@ -114,6 +114,7 @@ REGISTERED = {
     "tf_codistill.losses": [
         losses.SoftmaxCrossEntropy,
         losses.KLDivergence,
+        losses.ReverseKL,
         losses.SigmoidCrossEntropy,
         losses.LogitMSE,
     ],

@@ -42,6 +42,7 @@ __all__ = [
     "DistillationLoss",
     "SoftmaxCrossEntropy",
     "KLDivergence",
+    "ReverseKL",
     "SigmoidCrossEntropy",
     "LogitMSE",
     "get",
@@ -277,13 +278,29 @@ class DistillationLoss(abc.ABC):
         return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
-class _SoftmaxLoss(DistillationLoss):
-    """Shared parts of the losses over a softmax distribution."""
+_AVERAGES = ("probabilities", "logits")
 
-    def __init__(self, temperature: float = 1.0):
+
+class _SoftmaxLoss(DistillationLoss):
+    """Shared parts of the losses over a softmax distribution.
+
+    Args:
+      temperature: softmax temperature T > 0 of teachers and student.
+      average: how the peers' predictions are combined: `probabilities` (the
+        paper's Algorithm 1: the mean of the peers' distributions) or
+        `logits` (the softmax of the peers' mean logits, a normalised
+        geometric mean of their distributions). The two agree for one peer.
+    """
+
+    def __init__(self, temperature: float = 1.0, average: str = "probabilities"):
         if not temperature > 0:
             raise errors.ConfigError(f"{self.name}: temperature must be > 0, got {temperature}")
+        if average not in _AVERAGES:
+            raise errors.ConfigError(
+                f"{self.name}: average must be one of {_AVERAGES}, got {average!r}"
+            )
         self.temperature = float(temperature)
+        self.average = average
 
     def validate_logits(self, student_logits: tf.Tensor) -> None:
         super().validate_logits(student_logits)
@@ -296,7 +313,10 @@ class _SoftmaxLoss(DistillationLoss):
             )
 
     def aggregate(self, teacher_logits, peer_weights):
-        # Targets are log-probabilities of the averaged teacher distribution.
+        # Targets are log-probabilities of the combined teacher distribution.
+        if self.average == "logits":
+            mean = _average(teacher_logits, peer_weights)
+            return tf.nn.log_softmax(mean / self.temperature, axis=-1)
         return average_log_probs(teacher_logits, peer_weights, self.temperature)
 
     def agreement(self, targets, student_logits):
@@ -304,7 +324,10 @@ class _SoftmaxLoss(DistillationLoss):
         return tf.cast(same, tf.float32)
 
     def get_config(self):
-        return {"temperature": self.temperature}
+        config = {"temperature": self.temperature}
+        if self.average != "probabilities":
+            config["average"] = self.average
+        return config
 
 
 class SoftmaxCrossEntropy(_SoftmaxLoss):
@@ -340,6 +363,27 @@ class KLDivergence(_SoftmaxLoss):
         # q * log q with 0 * log 0 = 0 (targets may be -inf where q underflows).
         q_log_q = tf.where(q > 0, q * targets, tf.zeros_like(q))
         return tf.reduce_sum(q_log_q - q * log_p, axis=-1) * self.temperature**2
+
+
+class ReverseKL(_SoftmaxLoss):
+    """KL(student || teacher), with temperature and the T^2 factor.
+
+    psi = T^2 * sum_c p_c (log p_c - log q_c), p = softmax(s / T), q the
+    peers' combined distribution. Mode-seeking where `KLDivergence` is
+    mass-covering: the student is pushed away from classes the teachers rule
+    out, not toward every class they allow. The default of PFN's
+    codistillation code (SC20, PAPER.md section 5.5).
+    """
+
+    name = "reverse_kl"
+
+    def pointwise(self, targets, student_logits):
+        log_p = tf.nn.log_softmax(_as_float32(student_logits) / self.temperature, axis=-1)
+        p = tf.exp(log_p)
+        # A class a teacher gives probability 0 (log q = -inf) costs p * inf;
+        # keep it finite: q underflows only far below any p the student has.
+        log_q = tf.maximum(targets, tf.float32.min)
+        return tf.reduce_sum(p * (log_p - log_q), axis=-1) * self.temperature**2
 
 
 class SigmoidCrossEntropy(DistillationLoss):
@@ -400,6 +444,7 @@ _REGISTRY = {
     "cross_entropy": SoftmaxCrossEntropy,
     "kl_divergence": KLDivergence,
     "kl": KLDivergence,
+    "reverse_kl": ReverseKL,
     "sigmoid_cross_entropy": SigmoidCrossEntropy,
     "logistic": SigmoidCrossEntropy,
     "logit_mse": LogitMSE,
