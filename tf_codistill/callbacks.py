@@ -13,9 +13,11 @@ from absl import logging
 
 from tf_codistill import errors
 from tf_codistill import exchange
+from tf_codistill import noise_scale
 
 __all__ = [
     "ExchangeCallback",
+    "GradientNoiseScale",
     "ProgressLogger",
     "StepCounting",
     "SummaryWriter",
@@ -302,3 +304,79 @@ class SummaryWriter(StepCounting):
         with exchange.writing("TensorBoard summaries", self.log_dir):
             for writer in writers.values():
                 writer.close()
+
+
+class GradientNoiseScale(StepCounting):
+    """Measures the gradient noise scale B_simple during `fit` (McCandlish et al. 2018).
+
+    Tells whether sync SGD at this batch size is saturated: well below the
+    noise scale, doubling the batch halves the steps a run needs; well above
+    it, doubling buys little, and a second codistilling group is the better
+    use of extra machines (docs/when_it_pays.md). Pass it to `fit` of a
+    `CodistillModel`; no data argument: the train step itself, every
+    `every_n_steps` steps, splits each replica's batch in two and takes the
+    task loss's gradient on each half (two extra backward passes on those
+    steps only; `noise_scale.py` has the estimator). Every
+    `read_every_n_steps` steps the statistics are read, smoothed, and the
+    estimate (in examples) goes into the logs as `gradient_noise_scale`: the
+    progress lines and TensorBoard (through `SummaryWriter`, which must come
+    after this callback) show it, and `fit`'s history has it for each epoch.
+
+    Args:
+      every_n_steps: measurement interval, in train steps.
+      read_every_n_steps: how often the statistics are read and the estimate
+        updated, in train steps (default: every 10 measurements).
+      smoothing: weight of the past in the exponential moving averages of
+        |G|^2 and tr(Sigma), per measurement (0: none).
+
+    Raises:
+      errors.ConfigTypeError: the model is not a `CodistillModel`.
+    """
+
+    KEY = "gradient_noise_scale"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        read_every_n_steps: Optional[int] = None,
+        smoothing: float = 0.9,
+    ):
+        super().__init__()
+        _check_interval("every_n_steps", every_n_steps)
+        _check_interval("read_every_n_steps", read_every_n_steps)
+        self.every_n_steps = every_n_steps
+        self.read_every_n_steps = read_every_n_steps or 10 * every_n_steps
+        self.smoother = noise_scale.Smoother(smoothing)
+        self.estimate: Optional[noise_scale.Estimate] = None
+        self._statistics = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        if not hasattr(model, "gradient_statistics"):
+            raise errors.ConfigTypeError(
+                "GradientNoiseScale needs a tf_codistill.CodistillModel (its train step "
+                f"supplies the gradient statistics), got {type(model).__name__}"
+            )
+        self._statistics = model.gradient_statistics(self.every_n_steps)
+
+    @property
+    def value(self) -> float:
+        """The latest smoothed B_simple, in examples (nan before the first reading)."""
+        return float("nan") if self.estimate is None else self.estimate.noise_scale
+
+    def _read(self) -> None:
+        small, big, count, batch = self._statistics.take()
+        if count > 0 and batch >= 2:
+            measured = noise_scale.estimate(small, big, batch / 2, batch)
+            self.estimate = self.smoother.update(measured, count)
+
+    def on_steps(self, previous_step, logs):
+        if self.crossed(previous_step, self.step, self.read_every_n_steps):
+            self._read()
+        if logs is not None and self.estimate is not None:
+            logs[self.KEY] = self.value
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._read()
+        if logs is not None:
+            logs[self.KEY] = self.value

@@ -32,6 +32,7 @@ from tf_codistill import callbacks as callbacks_lib
 from tf_codistill import errors
 from tf_codistill import exchange_client
 from tf_codistill import losses
+from tf_codistill import noise_scale
 from tf_codistill import peer_selection as peer_selection_lib
 from tf_codistill import schedules
 from tf_codistill import teachers as teachers_lib
@@ -168,6 +169,9 @@ class CodistillModel(keras.Model):
         self._weight_tracker = keras.metrics.Mean(name=DISTILL_WEIGHT)
         self._staleness_tracker = keras.metrics.Mean(name=TEACHER_STALENESS)
         self._agreement_tracker = keras.metrics.Mean(name=AGREEMENT)
+        # Gradient-noise-scale statistics: None until a GradientNoiseScale
+        # callback asks for them (plain Python: not part of the weights).
+        self._noise_statistics: Optional[noise_scale.GradientStatistics] = None
         self.built = True
         logging.info(
             "CodistillModel group %d of %d: peers %s (%r), exchange_dir %s, distill_loss %r, "
@@ -241,6 +245,22 @@ class CodistillModel(keras.Model):
     def reload_teachers(self, raise_on_mismatch: bool = False) -> list[ReloadOutcome]:
         """Reloads the teachers now (see `ExchangeClient.reload`)."""
         return self.exchange_client.reload(raise_on_mismatch)
+
+    def gradient_statistics(self, every_n_steps: int) -> noise_scale.GradientStatistics:
+        """The train step's gradient-noise statistics, measured every `every_n_steps` steps.
+
+        Created on first use (the train function is then traced again, once,
+        to include the measurement); later calls only change the interval.
+        Used by `callbacks.GradientNoiseScale`.
+        """
+        if self._noise_statistics is None:
+            with self.distribute_strategy.scope():
+                self._noise_statistics = noise_scale.GradientStatistics(every_n_steps)
+            # Public tf_keras attribute: fit() makes a new train function when it is None.
+            self.train_function = None
+        else:
+            self._noise_statistics.every_n_steps.assign(every_n_steps)
+        return self._noise_statistics
 
     def _own_step(self) -> int:
         return int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0
@@ -371,13 +391,28 @@ class CodistillModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # Read before the update: this step's index, the schedule's argument.
         step = tf.convert_to_tensor(self.optimizer.iterations)
-        with tf.GradientTape() as tape:
+        statistics = self._noise_statistics
+        with tf.GradientTape(persistent=statistics is not None) as tape:
             y_pred = self.student(x, training=True)
             terms = self._step_terms(x, y, y_pred, sample_weight, step, tape=tape)
-        self.optimizer.minimize(terms["total"], self.student.trainable_variables, tape=tape)
+            if statistics is not None:
+                halves = statistics.half_losses(self._task_loss_fn, y, y_pred, terms["weights"])
+        variables = self.student.trainable_variables
+        if statistics is not None:
+            # Two extra backward passes on measurement steps only.
+            tf.cond(
+                statistics.due(step),
+                lambda: statistics.record(tape, halves[:2], variables, halves[2]),
+                lambda: tf.constant(0.0),
+            )
+        self.optimizer.minimize(terms["total"], variables, tape=tape)
         self._update_trackers(y_pred, terms, step, training=True)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
+
+    def _task_loss_fn(self, y, y_pred, sample_weight):
+        """The compiled task loss without regularisation (for the noise-scale halves)."""
+        return self.compiled_loss(y, y_pred, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -230,6 +230,7 @@ def train_group(
     # Bookkeeping.
     backup_every_n_steps: Optional[int] = None,
     log_every_n_steps: int = 100,
+    noise_scale_every_n_steps: Optional[int] = None,
     callbacks: Sequence[Callable[[], keras.callbacks.Callback]] = (),
 ) -> dict[str, Any]:
     """Trains group `group_index` of a codistillation run; returns its results.
@@ -281,6 +282,9 @@ def train_group(
         (whole executions of `steps_per_execution` steps, rounded down);
         defaults to `steps_per_loop`.
       log_every_n_steps: interval of the progress lines.
+      noise_scale_every_n_steps: if set, measure the gradient noise scale
+        (`callbacks.GradientNoiseScale`) every this many steps; it is logged
+        as `gradient_noise_scale` (progress lines, TensorBoard, metrics.json).
       callbacks: zero-argument factories of extra Keras callbacks (in gin,
         `[@tf_codistill.models.CarriedStateCallback]`), run after the built-in
         ones, in `fit` and in the final evaluation.
@@ -406,6 +410,16 @@ def train_group(
         callbacks_lib.ExchangeCallback(
             exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
         ),
+    ]
+    if noise_scale_every_n_steps:
+        # Before the history and the writers, which then see its estimate.
+        fit_callbacks.append(
+            callbacks_lib.GradientNoiseScale(
+                noise_scale_every_n_steps,
+                read_every_n_steps=min(log_every_n_steps, steps_per_loop),
+            )
+        )
+    fit_callbacks += [
         history,
         callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
         callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
@@ -447,7 +461,7 @@ def train_group(
         prefix,
         results["steps"],
         results["wall_seconds"],
-        callbacks_lib.format_logs(final),
+        callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
     )
     return results
 
@@ -479,6 +493,13 @@ class _History(keras.callbacks.Callback):
     def record(self, step: int, logs: dict[str, Any]) -> None:
         values = {k: float(np.asarray(v)) for k, v in logs.items() if k.startswith("val_")}
         if values:
+            # The epoch's training means next to the evaluation: what the
+            # schedule, the teachers' age and the noise scale were.
+            values["train"] = {
+                k: float(np.asarray(v))
+                for k, v in logs.items()
+                if not k.startswith("val_") and np.size(v) == 1
+            }
             self.evaluations = [e for e in self.evaluations if e["step"] != step]
             self.evaluations.append({"step": step, **values})
             self.write()
