@@ -46,6 +46,31 @@ def test_ensemble_is_the_average_of_the_groups_probabilities(run_dir, tmp_path, 
     assert cross_entropy <= np.mean(members)
 
 
+def test_ensemble_at_every_step_both_groups_published(run_dir, tmp_path, evaluate_main):
+    evaluate_main(run_dir, str(tmp_path), groups=[0, 1], mode="all", ensemble=True)
+    entries = read_json(tmp_path / "eval_ensemble_0_1.json")["evaluations"]
+    steps = {
+        name: sorted(
+            int(f[len("ckpt-") : -len(".index")])
+            for f in os.listdir(os.path.join(run_dir, name))
+            if f.startswith("ckpt-") and f.endswith(".index")
+        )
+        for name in ("group_0", "group_1")
+    }
+    common = sorted(set(steps["group_0"]) & set(steps["group_1"]))
+    assert len(common) >= 2, steps
+    assert [e["step"] for e in entries] == common
+    for entry in entries:
+        assert entry["member_steps"] == {"group_0": entry["step"], "group_1": entry["step"]}
+    # The last one is the ensemble of the latest checkpoints, as --mode=latest gives it.
+    latest_dir = tmp_path / "latest"
+    evaluate_main(run_dir, str(latest_dir), groups=[0, 1], ensemble=True)
+    (latest,) = read_json(latest_dir / "eval_ensemble_0_1.json")["evaluations"]
+    np.testing.assert_allclose(entries[-1]["task_loss"], latest["task_loss"], rtol=1e-6)
+    # Earlier steps are other models: their losses differ from the last one.
+    assert entries[0]["task_loss"] != entries[-1]["task_loss"]
+
+
 def test_ensemble_logits_softmax_and_sigmoid_by_hand():
     # Sigmoid: p = sigmoid(0) = 0.5 and sigmoid(ln 4) = 0.8 -> mean 0.65 -> logit ln(0.65 / 0.35).
     logits = evaluation.ensemble_logits(

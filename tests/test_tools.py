@@ -167,7 +167,7 @@ def write(path, text):
         ("no_checkpoint", "group_0 has no checkpoint in"),
         ("unparsable_config", "in gin file"),
         ("other_architecture", "hidden_0/kernel has shape [32, 16], expected [32, 8]"),
-        ("ensemble_of_all", "--ensemble evaluates the latest checkpoints"),
+        ("ensemble_sidecar", "not --mode=sidecar"),
         ("sidecar_on_two_groups", "--mode=sidecar follows one group"),
         ("ensemble_of_one", "an ensemble needs at least two groups"),
         ("empty_root", "no group_<i> directory in --root_dir"),
@@ -187,8 +187,8 @@ def test_evaluate_mistakes_give_one_clear_message(run_dir, tmp_path, case, messa
         write(f"{root}/group_0/operative_config.gin", "train_group.train_steps = ((\n")
     elif case == "other_architecture":
         bindings = ["tf_codistill.models.mlp_classifier.hidden_units = (8,)"]
-    elif case == "ensemble_of_all":
-        groups, mode, ensemble = [0, 1], "all", True
+    elif case == "ensemble_sidecar":
+        groups, mode, ensemble = [0, 1], "sidecar", True
     elif case == "sidecar_on_two_groups":
         groups, mode = [0, 1], "sidecar"
     elif case == "ensemble_of_one":

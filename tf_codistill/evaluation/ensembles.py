@@ -27,6 +27,7 @@ import tf_keras as keras
 from absl import logging
 
 from tf_codistill import errors
+from tf_codistill import exchange
 from tf_codistill import losses
 from tf_codistill import metrics as metrics_lib
 from tf_codistill.evaluation import evaluator
@@ -110,8 +111,9 @@ def evaluate_ensemble(
     runs: Sequence[evaluator.GroupRun],
     output_dir: Optional[str] = None,
     head: str = "auto",
-) -> dict[str, Any]:
-    """Evaluates the ensemble of the groups' latest checkpoints.
+    every_step: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluates the ensemble of the groups' latest checkpoints, or of every step.
 
     The data, loss, metrics and evaluation steps are the first group's.
 
@@ -122,10 +124,13 @@ def evaluate_ensemble(
       head: `softmax`, `sigmoid`, or `auto`: from the run's `distill_loss`
         (`sigmoid_cross_entropy` means a sigmoid head, the softmax losses a
         softmax head) or else from the output shape (one output: sigmoid).
+      every_step: evaluate the ensemble at every step for which each group
+        has a checkpoint on disk (the ensemble's learning curve), in step
+        order, instead of the groups' latest checkpoints.
 
     Returns:
-      The recorded entry: the metrics, `step` (the smallest member step) and
-      `member_steps`.
+      The recorded entries: the metrics, `step` (the smallest member step)
+      and `member_steps`; one entry unless `every_step`.
 
     Raises:
       EvaluationError: fewer than two groups, or a group without a usable
@@ -133,12 +138,21 @@ def evaluate_ensemble(
     """
     if len(runs) < 2:
         raise errors.EvaluationError(f"an ensemble needs at least two groups, got {len(runs)}")
-    start = time.perf_counter()
-    members, steps = [], []
+    if every_step:
+        available = [{r.step: r for r in evaluator.list_checkpoints(run.directory)} for run in runs]
+        common = sorted(set.intersection(*(set(a) for a in available)))
+        if not common:
+            raise errors.EvaluationError(
+                f"no step has a checkpoint of every group of {runs[0].root_dir}"
+            )
+        plan = [[a[step].prefix for a in available] for step in common]
+    else:
+        plan = [None]
+    members, signatures = [], []
     for run in runs:
-        model, step = evaluator.latest_restored(run)
+        model = run.config.build_model()
         members.append(model)
-        steps.append(step)
+        signatures.append(exchange.ModelSignature.of_model(model))
     first = runs[0]
     if head == "auto":
         head = metrics_lib.infer_head(first.config.distill_loss, members[0].output_shape)
@@ -146,7 +160,6 @@ def evaluate_ensemble(
     loss, metrics = first.config.loss_and_metrics()
     ensemble.compile(loss=loss, metrics=metrics, weighted_metrics=first.config.weighted_metrics())
     dataset = first.config.dataset(first.group_index, first.num_groups)
-    values = evaluator.evaluate_compiled(ensemble, dataset, first.config.eval_steps)
     name = ensemble_name([r.group_index for r in runs])
     results = evaluator.Results(
         output_dir or evaluator.default_output_dir(first.root_dir),
@@ -158,22 +171,49 @@ def evaluate_ensemble(
             "head": head,
         },
     )
-    entry = results.record(
-        min(steps),
-        values,
-        member_steps={r.name: s for r, s in zip(runs, steps, strict=True)},
-        seconds=round(time.perf_counter() - start, 3),
-        time=time.time(),
-    )
+    entries = []
+    for prefixes in plan:
+        start = time.perf_counter()
+        steps = []
+        for run, model, signature, prefix in zip(
+            runs, members, signatures, prefixes or [None] * len(runs), strict=True
+        ):
+            steps.append(_restore_member(run, model, signature, prefix))
+        values = evaluator.evaluate_compiled(ensemble, dataset, first.config.eval_steps)
+        entries.append(
+            results.record(
+                min(steps),
+                values,
+                member_steps={r.name: s for r, s in zip(runs, steps, strict=True)},
+                seconds=round(time.perf_counter() - start, 3),
+                time=time.time(),
+            )
+        )
+        logging.info(
+            "%s (%s head, steps %s): %s",
+            name,
+            head,
+            ", ".join(map(str, steps)),
+            evaluator.format_values(values),
+        )
     results.close()
-    logging.info(
-        "%s (%s head, steps %s): %s",
-        name,
-        head,
-        ", ".join(map(str, steps)),
-        evaluator.format_values(values),
-    )
-    return entry
+    return entries
+
+
+def _restore_member(run, model, signature, prefix: Optional[str]) -> int:
+    """Restores `prefix` (None: the group's latest checkpoint) into `model`; its step."""
+    if prefix is None:
+        try:
+            ref = exchange.latest_checkpoint(run.directory)
+        except errors.CheckpointError as e:
+            raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
+        if ref is None:
+            raise errors.EvaluationError(f"{run.name} has no checkpoint in {run.directory}")
+        prefix = ref.prefix
+    try:
+        return evaluator.restore(model, prefix, signature)
+    except errors.CheckpointError as e:
+        raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
 
 
 @dataclasses.dataclass

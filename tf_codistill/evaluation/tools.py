@@ -47,7 +47,8 @@ def evaluate_run(
       root_dir: the run's directory.
       groups: the groups; default every group of the run.
       mode: `latest`, `all` or `sidecar` (see `GroupEvaluator`).
-      ensemble: evaluate the ensemble of the groups' latest checkpoints.
+      ensemble: evaluate the ensemble of the groups: of their latest
+        checkpoints (`latest`) or at every step all of them published (`all`).
       ensemble_head: `auto`, `softmax` or `sigmoid` (see `evaluate_ensemble`).
       gin_files: extra gin files, applied after each group's config.
       gin_bindings: extra bindings, applied last.
@@ -66,9 +67,10 @@ def evaluate_run(
         raise errors.EvaluationError(f"no group_<i> directory in --root_dir={root_dir}")
     if mode not in MODES:
         raise errors.EvaluationError(f"mode must be one of {MODES}, got {mode!r}")
-    if ensemble and mode != "latest":
+    if ensemble and mode == "sidecar":
         raise errors.EvaluationError(
-            "--ensemble evaluates the latest checkpoints; use --mode=latest"
+            "--ensemble evaluates the latest checkpoints (--mode=latest) or every step all "
+            "groups published (--mode=all), not --mode=sidecar"
         )
     if mode == "sidecar" and len(groups) != 1:
         raise errors.EvaluationError(f"--mode=sidecar follows one group; got groups {groups}")
@@ -78,7 +80,7 @@ def evaluate_run(
         for g in groups
     ]
     if ensemble:
-        ensembles.evaluate_ensemble(runs, output_dir, ensemble_head)
+        ensembles.evaluate_ensemble(runs, output_dir, ensemble_head, every_step=mode == "all")
         return
     for run in runs:
         group = evaluator.GroupEvaluator(run, output_dir)
