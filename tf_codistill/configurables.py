@@ -45,7 +45,9 @@ from tf_codistill import schedules
 from tf_codistill import train_lib
 from tf_codistill.datasets import criteo as criteo_data
 from tf_codistill.datasets import imagenet as imagenet_data
+from tf_codistill.datasets import mnist1d as mnist1d_data
 from tf_codistill.datasets import synthetic
+from tf_codistill.datasets import teacher_student
 from tf_codistill.datasets import text
 from tf_codistill.models import criteo as criteo_model
 from tf_codistill.models import lstm_lm
@@ -103,6 +105,8 @@ REGISTERED = {
     ],
     "tf_codistill.datasets": [
         synthetic.planted_input_fn,
+        teacher_student.teacher_student_input_fn,
+        mnist1d_data.mnist1d_input_fn,
         criteo_data.criteo_input_fn,
         imagenet_data.imagenet_input_fn,
     ],
