@@ -7,6 +7,7 @@ import tf_keras as keras
 
 from tf_codistill import codistill_model
 from tf_codistill import exchange
+from tf_codistill import testing
 from tf_codistill.models import lstm_lm as lstm_lm_lib
 
 VOCAB = 50
@@ -148,7 +149,8 @@ class TestCarriedState:
     def test_each_replica_carries_its_own_rows(self):
         # Two replicas on two virtual CPUs, 2 streams each: replica r runs
         # rows [2r, 2r + 2) of a 4-row batch and carries their state.
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        # The process-wide one: a second strategy would reuse its collective keys.
+        strategy = testing.mirrored_strategy()
         with strategy.scope():
             model = small(carry_state=True, batch_size=2)
         plain = small()
