@@ -1,154 +1,269 @@
-"""benchmarks/reproduce.py --quick: every experiment runs end to end on tiny sizes.
+"""The study harness (benchmarks/reproduce.py, benchmarks/study/).
 
-One harness process runs them all (see EXPERIMENTS), so runs
-that several experiments share are trained once; a second call finds them
-kept and trains nothing. The numbers mean nothing at this size; the test
-checks that each experiment trains real groups and writes its table, plot
-and raw results, so the harness cannot rot between full runs.
+Two kinds of test: the experiments' arithmetic against a runner whose curves
+are written down here (targets, steps to target, B*, the ensemble's gain,
+shares), and one real `--quick` experiment whose runs are `train.py`
+processes evaluated on the test split, as the study makes them.
 """
 
 import json
+import math
 import os
-import re
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from tf_codistill import testing
 
-pytestmark = pytest.mark.slow
+BENCHMARKS = os.path.join(testing.repo_root(), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 
-REPRODUCE = os.path.join(testing.repo_root(), "benchmarks", "reproduce.py")
-# Every experiment, on the planted workload, and the LM through C3 (its
-# ensemble, label smoothing toward the unigram distribution, per-token loss).
-# C2 and C8 on the LM and on planted_small run the same code on other
-# bindings; they are left to `reproduce.py all --quick` on demand, which
-# would double this test's time (each run is a process start).
-EXPERIMENTS = {
-    "c1_saturation": ["planted"],
-    "c2_speedup": ["planted"],
-    "c3_explain": ["planted", "lm"],
-    "c4_data": ["planted"],
-    "c5_staleness": ["planted"],
-    "c8_churn": ["planted"],
-    "nway": ["planted"],
-    "burn_in": ["planted"],
-}
+from study import experiments  # noqa: E402
+from study import runner as runner_lib  # noqa: E402
 
 
-def _reproduce(*args, tmp_path):
-    result = subprocess.run(
+def curve(start, floor, speed, steps=200, every=10, rise=0.0):
+    """A learning curve: from `start` down to `floor` at `speed`, then up by `rise` per step."""
+    points = []
+    for s in range(every, steps + 1, every):
+        value = floor + (start - floor) * math.exp(-speed * s)
+        points.append((s, value + rise * s))
+    return points
+
+
+class FakeRunner(runner_lib.Runner):
+    """Curves from a function of the run (no processes)."""
+
+    def __init__(self, make_curve):
+        super().__init__("/nonexistent")
+        self.make_curve = make_curve
+        self.trained = []
+
+    def train(self, runs):
+        self.trained += [r for r in runs if r not in self.trained]
+
+    def val_curve(self, run, group):
+        return self.make_curve(run, [group], "val")
+
+    def test_curve(self, run, groups):
+        return self.make_curve(run, list(groups), "test")
+
+    def metrics(self, run, group):
+        return {"final": {"train": {"gradient_noise_scale": 100.0 * run.batch}}}
+
+    def history(self, run, group):
+        return [
+            {"step": s, "train": {"teacher_staleness": 3.0, "distill_weight": 1.0}}
+            for s in (10, 20)
+        ]
+
+
+@pytest.fixture
+def configured():
+    gin.clear_config()
+    gin.parse_config(
         [
-            sys.executable,
-            REPRODUCE,
-            *args,
-            "--quick",
-            f"--out_dir={tmp_path / 'results'}",
-            f"--work_dir={tmp_path / 'work'}",
-        ],
+            "study.lr_grid.grid = [0.001, 0.002]",
+            "study.Workload.name = 'fake'",
+            "study.Workload.batch = 64",
+            "study.Workload.train_steps = 200",
+        ]
+    )
+    yield runner_lib.Workload()
+    gin.clear_config()
+
+
+def speed_of(run):
+    # Steps scale like 1/B up to B = 128, then stop improving (saturation);
+    # the larger learning rate is the better one.
+    base = 0.002 * min(run.batch, 128) / 64
+    return base * (1.0 if run.learning_rate == 0.002 else 0.5)
+
+
+def test_c1_finds_b_star_where_doubling_stops_helping(configured):
+    runner = FakeRunner(lambda run, groups, split: curve(2.0, 1.0, speed_of(run), steps=1000))
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c1_saturation(ctx, batch_sizes=[32, 64, 128, 256], target=1.5)
+    steps = report.raw["mean_steps"]
+    # exp(-k s) = 1/2 at s = ln 2 / k: k = 0.001, 0.002, 0.004, 0.004 -> 700, 350, 180, 180.
+    assert steps == {32: 700, 64: 350, 128: 180, 256: 180}
+    assert report.raw["tuned_lr"] == {32: 0.002, 64: 0.002, 128: 0.002, 256: 0.002}
+    assert report.raw["b_star"] == 128
+    assert "**B\\* = 128**" in report.markdown and "| 256 |" in report.markdown
+    # Seed 0 at both learning rates (tuning), then seed 1 at the tuned one.
+    assert {(r.batch, r.learning_rate, r.seed) for r in runner.trained} >= {
+        (32, 0.001, 0),
+        (32, 0.002, 0),
+        (32, 0.002, 1),
+    }
+
+
+def test_c1_small_batches_train_for_min_examples(configured):
+    # With 200 steps for every size, batch 32 (k = 0.001) never reaches the
+    # target at step 700; min_examples = 64 x 1000 gives it 2000 steps (and
+    # batch 64 1000; whole multiples of 200), so its steps to target are measured, not the budget.
+    def make(run, groups, split):
+        return curve(2.0, 1.0, speed_of(run), steps=run.steps(), every=run.steps() // 20)
+
+    ctx = experiments.Context(configured, FakeRunner(make), seeds=1)
+    report = experiments.c1_saturation(
+        ctx, batch_sizes=[32, 64, 128, 256], target=1.5, min_examples=64_000
+    )
+    assert {r.batch: r.steps() for r in ctx.runner.trained} == {
+        32: 2000,
+        64: 1000,
+        128: 600,
+        256: 400,
+    }
+    assert report.raw["mean_steps"] == {32: 700, 64: 350, 128: 180, 256: 180}
+    assert report.raw["b_star"] == 128
+    budget = dict(next(r for r in ctx.runner.trained if r.batch == 32).overrides)
+    assert budget["steps_per_loop"] == configured.eval_every * 10
+
+
+def test_c1_says_so_when_nothing_saturates(configured):
+    runner = FakeRunner(lambda run, groups, split: curve(2.0, 1.0, 0.0001 * run.batch))
+    ctx = experiments.Context(configured, runner, seeds=1)
+    report = experiments.c1_saturation(ctx, batch_sizes=[32, 64], target=1.5)
+    assert report.raw["b_star"] is None and "**Not saturated**" in report.markdown
+
+
+def c2_curves(run, groups, split):
+    """Sync B and 2B end at 1.10 and 1.08; one group alone at 1.10, the ensemble at
+    1.00; codistilled groups at 1.02, faster than sync."""
+    if not run.codistill and run.num_groups == 1:
+        return curve(2.0, 1.10 if run.batch == 64 else 1.08, 0.03)
+    if not run.codistill:
+        return curve(2.0, 1.00 if len(groups) > 1 else 1.10, 0.03)
+    return curve(2.0, 1.02, 0.06)
+
+
+def test_c2_target_speed_up_share_and_gate(configured):
+    runner = FakeRunner(c2_curves)
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c2_speedup(ctx, batch=64)
+    raw = report.raw
+    # The best sync baseline is 2B; its curve's lowest point is the target.
+    target = min(v for _, v in curve(2.0, 1.08, 0.03))
+    assert raw["target"] == pytest.approx(target)
+    arms = raw["arms"]
+    assert arms["sync_2b"]["steps_to_target"] == 200
+    # Codistillation reaches it where 1.02 + 0.98 e^{-0.06 s} <= target.
+    expected = next(s for s, v in curve(2.0, 1.02, 0.06) if v <= target)
+    assert arms["cod2"]["steps_to_target"] == expected
+    assert arms["cod2"]["speedup"] == pytest.approx(200 / expected)
+    # Share of the ensemble's gain: (1.10 - 1.02) / (1.10 - 1.00) at their early-stopped points.
+    single = min(v for _, v in curve(2.0, 1.10, 0.03))
+    ensemble = min(v for _, v in curve(2.0, 1.00, 0.03))
+    cod = min(v for _, v in curve(2.0, 1.02, 0.06))
+    assert arms["cod2"]["capture"] == pytest.approx((single - cod) / (single - ensemble))
+    # A single group never reaches the ensemble's loss: the gate passes.
+    assert raw["ceiling"] == math.inf and raw["gate_passed"]
+    # Each codistilled group against the same group undistilled, seed by seed.
+    assert raw["paired_difference"] == pytest.approx([cod - single] * 4)
+
+
+def test_early_stopping_reads_the_test_loss_where_validation_is_lowest():
+    val = [(10, 1.0), (20, 0.8), (30, 0.9)]
+    test = [(10, 1.1), (20, 0.95), (30, 0.7)]
+    assert runner_lib.at_best_validation(val, test) == (20, 0.95)
+
+
+def test_recipe_shares_per_seed(configured):
+    def make(run, groups, split):
+        if not run.codistill:
+            return curve(2.0, 1.00 if len(groups) > 1 else 1.10, 0.03)
+        weight = dict(run.overrides).get("distill_weight", 1.0)
+        return curve(2.0, 1.10 - 0.05 * weight, 0.03)
+
+    ctx = experiments.Context(configured, FakeRunner(make), seeds=2)
+    variants = {"w1": {"distill_weight": 1.0}, "w2": {"distill_weight": 2.0}}
+    report = experiments.recipe(ctx, variants=variants, batch=64)
+    shares = {name: v["shares"] for name, v in report.raw["variants"].items()}
+    # A drop of 0.05 per unit of weight, against the ensemble's 0.10.
+    assert shares["w1"] == pytest.approx([0.5, 0.5], abs=1e-6)
+    assert shares["w2"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert report.raw["best"] == "w2"
+
+
+def test_c5_reports_the_teachers_age(configured):
+    def make(run, groups, split):
+        if not run.codistill:
+            return curve(2.0, 1.00 if len(groups) > 1 else 1.10, 0.03)
+        return curve(2.0, 1.05, 0.03)
+
+    ctx = experiments.Context(configured, FakeRunner(make), seeds=1)
+    report = experiments.c5_staleness(ctx, intervals=[1, 10])
+    assert report.raw[1]["age"] == 3.0 and report.raw[10]["share"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_gin_values_are_written_as_gin_reads_them():
+    assert runner_lib.gin_value((16,)) == "(16,)"
+    assert runner_lib.gin_value([1, "a"]) == "[1, 'a']"
+    assert (
+        runner_lib.gin_value("@tf_codistill.losses.ReverseKL()")
+        == "@tf_codistill.losses.ReverseKL()"
+    )
+    assert runner_lib.gin_bindings({"train_steps": 3, "a.b": None}) == [
+        "tf_codistill.train_lib.train_group.train_steps = 3",
+        "a.b = None",
+    ]
+
+
+def test_runs_are_kept_by_configuration_not_label(configured):
+    a = runner_lib.Run(configured, "one label", batch=64, learning_rate=0.001)
+    b = runner_lib.Run(configured, "another label", batch=64, learning_rate=0.001)
+    c = runner_lib.Run(configured, "one label", batch=64, learning_rate=0.002)
+    assert a.key() == b.key() != c.key()
+
+
+def reproduce(*args, cwd=BENCHMARKS, timeout=900):
+    return subprocess.run(
+        [sys.executable, "reproduce.py", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=900,
-        cwd=testing.repo_root(),
+        timeout=timeout,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
-    assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
-    return result.stdout
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("reproduce")
-    specs = [f"{name}:{w}" for name, workloads in EXPERIMENTS.items() for w in workloads]
-    out = _reproduce(*specs, tmp_path=tmp_path)
-    results = {}
-    for name, workloads in EXPERIMENTS.items():
-        for w in workloads:
-            stem = tmp_path / "results" / f"{name}-{w}-quick"
-            with open(f"{stem}.json") as f:
-                results[f"{name}-{w}"] = json.load(f)
-            assert os.path.getsize(f"{stem}.png") > 5000, stem
-            assert (stem.parent / f"{stem.name}.md").read_text().startswith(f"### {name}-{w}")
-    return tmp_path, out, results
-
-
-def test_list_prints_every_experiment_with_its_run_time():
-    result = subprocess.run(
-        [sys.executable, REPRODUCE, "--list"], capture_output=True, text=True, timeout=120
-    )
+def test_list_plans_every_experiment_of_every_workload(tmp_path):
+    result = reproduce("--list", f"--work_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in EXPERIMENTS:
+    for name in ("c1_saturation", "c2_speedup", "recipe", "c8_churn"):
         assert name in result.stdout
-    assert "min" in result.stdout
+    assert "mnist1d" in result.stdout and "teacher_student" in result.stdout
 
 
-def test_unknown_experiment_is_one_clear_line():
-    result = subprocess.run(
-        [sys.executable, REPRODUCE, "c9_nonsense"], capture_output=True, text=True, timeout=120
+@pytest.mark.slow
+def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
+    out = tmp_path / "out"
+    result = reproduce(
+        "c2_speedup:teacher_student", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}"
     )
-    assert result.returncode == 1
-    assert "unknown experiment 'c9_nonsense'" in result.stderr
-
-
-def test_every_experiment_trains_and_reports(quick_results):
-    _, out, results = quick_results
-    assert "expect at most about" in out
-    for name, r in results.items():
-        assert r["quick"] is True
-        assert r["curves"], name
-        for label, curve in r["curves"].items():
-            steps = [s for s, _ in curve]
-            assert steps == sorted(steps) and steps[-1] == r["workload"]["train_steps"], label
-            assert all(v > 0 for _, v in curve), label
-
-
-def test_speedup_compares_codistillation_with_the_best_baseline(quick_results):
-    _, _, results = quick_results
-    r = results["c2_speedup-planted"]["result"]
-    assert r["best_baseline"] in ("1 group, batch B", "1 group, batch 2B")
-    cod = r["runs"]["2-way codistillation"]
-    assert len(cod["groups"]) == 2
-    n = results["nway-planted"]["result"]["runs"]
-    assert [len(n[f"{k}-way codistillation"]["groups"]) for k in (2, 3)] == [2, 3]
-
-
-def test_explain_has_the_ensemble_and_label_smoothing(quick_results):
-    _, _, results = quick_results
-    lm = results["c3_explain-lm"]["result"]
-    assert "1 group, label smoothing 0.1 to unigram" in lm
-    assert lm["ensemble"]["loss"] > 0
-    planted = results["c3_explain-planted"]["result"]
-    assert "1 group, label smoothing 0.1 to uniform" in planted
-
-
-def test_churn_table_has_the_papers_three_rows(quick_results):
-    _, _, results = quick_results
-    for w in ("planted",):
-        r = results[f"c8_churn-{w}"]["result"]
-        assert set(r) == {
-            "baseline (1 group)",
-            "2-way ensemble",
-            "2-way codistillation (group 0)",
-        }
-        for row in r.values():
-            churn = row["churn"]
-            assert len(churn["pairs"]) == 1  # two retrains in quick mode
-            assert 0 < churn["mean_abs_diff"]["mean"] <= 1
-            assert 0 <= churn["disagreement"]["mean"] <= 1
-
-
-def test_staleness_grows_with_the_exchange_interval(quick_results):
-    _, _, results = quick_results
-    r = results["c5_staleness-planted"]["result"]
-    every_step = r["1 steps (about a fresh teacher)"]["mean_staleness"]
-    every_5 = r["5 steps"]["mean_staleness"]
-    assert every_step is not None and every_5 is not None
-    assert every_step < every_5
-
-
-def test_kept_runs_are_not_trained_again(quick_results):
-    tmp_path, _, _ = quick_results
-    out = _reproduce("c2_speedup:planted", tmp_path=tmp_path)
-    assert not re.search(r"^  training ", out, re.MULTILINE), out
-    assert out.count("kept:") == 3
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "expect about" in result.stdout.splitlines()[0]
+    name = "c2_speedup-teacher_student-quick"
+    with open(out / f"{name}.json") as f:
+        raw = json.load(f)
+    arms = raw["result"]["arms"]
+    assert set(arms) == {"sync_b", "sync_2b", "single", "ensemble", "cod2"}
+    # Two seeds of every arm, each group's curve read on the test split.
+    assert len(arms["sync_b"]["stopped"]) == 2 and len(arms["cod2"]["stopped"]) == 4
+    assert all(math.isfinite(loss) for _, loss in arms["cod2"]["stopped"])
+    assert (out / f"{name}.png").exists()
+    markdown = (out / f"{name}.md").read_text()
+    assert "| sync SGD, batch 2B = 32 |" in markdown and "Ceiling (gate G2)" in markdown
+    # The runs are real: each group's test curve has one point per published checkpoint.
+    run_dirs = list((tmp_path / "runs").iterdir())
+    curves = [p for d in run_dirs for p in (d / "test").glob("curve_*.json")]
+    assert curves and all(len(json.loads(p.read_text())) >= 2 for p in curves)
+    # Kept runs are read again, not retrained.
+    again = reproduce(
+        "c2_speedup:teacher_student", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}"
+    )
+    assert again.returncode == 0 and "every run is kept" in again.stdout
+    assert "] training" not in again.stdout

@@ -1,0 +1,870 @@
+"""The study's experiments: which runs each needs and what it concludes from them.
+
+Every experiment is a gin-configurable function `fn(ctx, ...) -> Report`; its
+parameters for a workload are bound in `gin/reproduce/<workload>.gin`. Runs
+are `runner.Run`s trained through `ctx.runner` (real `train.py` processes,
+kept by configuration hash, so experiments share runs: C2's baselines are
+C1's runs, the recipe's reference pair is C2's).
+
+Hygiene, for every experiment: `ctx.seeds` retrains per arm (model and data
+seeds), reported as mean and range; the learning rate of every batch size is
+tuned on a x2 grid on the *validation* split (`tuned_lr`), and every number
+in a table is read on the held-out *test* split, at the step the validation
+split chose where a run overfits (`runner.at_best_validation`). A
+codistilling group is compared with the same group trained without
+distillation (same seeds, same shard, same order): the independent pair,
+whose two groups are also the members of the ensemble baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+from typing import Optional
+
+import gin
+from study import runner as runner_lib
+from study.runner import Run
+from study.runner import mean_curve
+from study.runner import spread
+from study.runner import steps_to
+
+
+@dataclasses.dataclass
+class Context:
+    """What every experiment gets: the workload, the runner and the seeds."""
+
+    workload: runner_lib.Workload
+    runner: runner_lib.Runner
+    seeds: int = 3
+    quick: bool = False
+
+
+@dataclasses.dataclass
+class Report:
+    """An experiment's outcome: tables for the page, raw numbers, plots.
+
+    Attributes:
+      title: what was measured.
+      markdown: the tables and their notes.
+      raw: numbers for the JSON file.
+      plots: `(kind, data)` pairs that `report.py` draws.
+      runs: every run it used (for the run list and the training time).
+    """
+
+    title: str
+    markdown: str
+    raw: dict[str, Any]
+    plots: list = dataclasses.field(default_factory=list)
+    runs: list = dataclasses.field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------
+# Arms.
+
+
+def sync(ctx: Context, batch: int, lr: float, seed: int, **overrides) -> Run:
+    """One group (sync SGD) on all the data at `batch`."""
+    return Run(
+        ctx.workload,
+        f"sync SGD, batch {batch}, LR {lr:g}, seed {seed}",
+        1,
+        False,
+        batch,
+        lr,
+        seed,
+        tuple(sorted(overrides.items())),
+    )
+
+
+def independent(ctx: Context, batch: int, lr: float, seed: int, groups: int = 2, **overrides):
+    """`groups` independent groups: the same groups as a codistilling run, undistilled."""
+    return Run(
+        ctx.workload,
+        f"{groups} independent groups, batch {batch}, LR {lr:g}, seed {seed}",
+        groups,
+        False,
+        batch,
+        lr,
+        seed,
+        tuple(sorted(overrides.items())),
+    )
+
+
+def codistill(ctx: Context, batch: int, lr: float, seed: int, groups: int = 2, **overrides):
+    label = f"{groups}-way codistillation, batch {batch}, LR {lr:g}, seed {seed}"
+    if overrides:
+        label += " (" + ", ".join(f"{_short(k)}={v}" for k, v in sorted(overrides.items())) + ")"
+    return Run(ctx.workload, label, groups, True, batch, lr, seed, tuple(sorted(overrides.items())))
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def seeds(ctx: Context) -> range:
+    return range(ctx.seeds)
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate tuning (validation split).
+
+
+@gin.configurable(module="study")
+def lr_grid(batch: int, grid: Any = gin.REQUIRED) -> list[float]:
+    """The learning rates tried at `batch`: `grid` is a list, or a dict by batch size."""
+    if isinstance(grid, dict):
+        if batch not in grid:
+            raise ValueError(f"study.lr_grid.grid has no entry for batch {batch}")
+        return list(grid[batch])
+    return list(grid)
+
+
+@gin.configurable(module="study")
+def tuning_target(value: Optional[float] = None) -> Optional[float]:
+    """The validation loss whose steps-to-reach picks the learning rate (None: best loss)."""
+    return value
+
+
+def tuned_lr(ctx: Context, batch: int, **overrides) -> tuple[float, list[dict[str, Any]]]:
+    """The best learning rate at `batch`, chosen on validation with seed 0.
+
+    Best: fewest steps to `tuning_target` (ties and runs that never reach it
+    ranked by their lowest validation loss); without a target, the lowest
+    validation loss. Returns the rate and what every rate did.
+    """
+    grid = lr_grid(batch)
+    runs = [sync(ctx, batch, lr, 0, **overrides) for lr in grid]
+    ctx.runner.train(runs)
+    target = tuning_target()
+    table = []
+    for lr, run in zip(grid, runs, strict=True):
+        curve = ctx.runner.val_curve(run, 0)
+        finite = [v for _, v in curve if math.isfinite(v)]
+        best = min(finite) if finite else float("inf")
+        reached = steps_to(curve, target) if target is not None else None
+        table.append({"lr": lr, "best_val": best, "steps_to_target": reached})
+
+    def rank(row):
+        steps = row["steps_to_target"]
+        return (steps if steps is not None else math.inf, row["best_val"])
+
+    best_row = min(table, key=rank)
+    if best_row["lr"] in (grid[0], grid[-1]) and len(grid) > 1:
+        best_row["at_grid_edge"] = True
+    return best_row["lr"], table
+
+
+# ----------------------------------------------------------------------------
+# Reading arms.
+
+
+@dataclasses.dataclass
+class Arm:
+    """One arm over seeds: per seed, its test curve and early-stopped test loss."""
+
+    label: str
+    curves: list  # per seed: [(step, test loss)]
+    stopped: list  # per seed: (step chosen on validation, test loss there)
+
+    @property
+    def mean(self) -> list[tuple[int, float]]:
+        return mean_curve(self.curves)
+
+    def stopped_loss(self) -> tuple[float, float, float]:
+        return spread([v for _, v in self.stopped])
+
+    def final_loss(self) -> tuple[float, float, float]:
+        return spread([c[-1][1] for c in self.curves])
+
+
+def read_group(ctx: Context, runs: Sequence[Run], group: int, label: str) -> Arm:
+    """Group `group` of each seed's run."""
+    curves, stopped = [], []
+    for run in runs:
+        test = ctx.runner.test_curve(run, [group])
+        val = ctx.runner.val_curve(run, group)
+        curves.append(test)
+        stopped.append(runner_lib.at_best_validation(val, test))
+    return Arm(label, curves, stopped)
+
+
+def read_groups(ctx: Context, runs: Sequence[Run], label: str) -> Arm:
+    """Every group of each seed's run, as one arm (a seed-and-group sample)."""
+    curves, stopped = [], []
+    for run in runs:
+        for g in range(run.num_groups):
+            test = ctx.runner.test_curve(run, [g])
+            curves.append(test)
+            stopped.append(runner_lib.at_best_validation(ctx.runner.val_curve(run, g), test))
+    return Arm(label, curves, stopped)
+
+
+def read_ensemble(ctx: Context, runs: Sequence[Run], label: str) -> Arm:
+    """The ensemble of each seed's run's groups (averaged probabilities)."""
+    curves, stopped = [], []
+    groups = list(range(runs[0].num_groups))
+    for run in runs:
+        test = ctx.runner.test_curve(run, groups)
+        curves.append(test)
+        # The ensemble's early-stopping step: where its mean member validation
+        # loss is lowest would favour it less than its own; use its test
+        # curve's step chosen on the members' mean validation curve.
+        val = mean_curve([ctx.runner.val_curve(run, g) for g in groups])
+        stopped.append(runner_lib.at_best_validation(val, test))
+    return Arm(label, curves, stopped)
+
+
+def _fmt(loss: float, offset: float) -> str:
+    return "n/a" if not math.isfinite(loss) else f"{loss - offset:.4f}"
+
+
+def _fmt_spread(values: tuple[float, float, float], offset: float) -> str:
+    mean, lo, hi = values
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean - offset:.4f} [{lo - offset:.4f}, {hi - offset:.4f}]"
+
+
+def _fmt_steps(s: Optional[float]) -> str:
+    return "never" if s is None else f"{s:.0f}"
+
+
+def _loss_name(ctx: Context) -> str:
+    w = ctx.workload
+    return "excess test loss" if w.offset else "test loss"
+
+
+def capture(single: float, ensemble: float, candidate: float) -> float:
+    """Share of the ensemble's gain over `single` that `candidate` achieves."""
+    gain = single - ensemble
+    return float("nan") if not gain > 0 else (single - candidate) / gain
+
+
+# ----------------------------------------------------------------------------
+# C1: saturation.
+
+
+def _budget(w: runner_lib.Workload, batch: int, min_examples: int) -> dict[str, int]:
+    """Overrides that give `batch` at least `min_examples` examples of training."""
+    factor = math.ceil(min_examples / (batch * w.train_steps)) if min_examples else 1
+    if factor <= 1:
+        return {}
+    interval = w.bindings.get("exchange_every_n_steps")
+    return {
+        "train_steps": w.train_steps * factor,
+        "steps_per_loop": w.eval_every * factor,
+        **({"exchange_every_n_steps": interval * factor} if interval else {}),
+    }
+
+
+@gin.configurable(module="study")
+def c1_saturation(
+    ctx: Context,
+    batch_sizes: Sequence[int] = gin.REQUIRED,
+    target: Optional[float] = None,
+    saturation_ratio: float = 0.85,
+    min_examples: int = 0,
+) -> Report:
+    """Steps to a target test loss against batch size, each at its tuned learning rate.
+
+    Args:
+      batch_sizes: increasing, each twice the previous.
+      target: the test loss to reach (None: the highest of the sizes' best
+        validation losses, so that every size reaches it).
+      saturation_ratio: B* is the smallest size with S(2B*) / S(B*) at least this.
+      min_examples: small batches train for at least this many examples
+        (`train_steps` grows as 1/B below `min_examples / train_steps`, the
+        evaluation and exchange intervals with it), so that a small batch is
+        not cut off by the step budget before it reaches the target: with
+        equal step budgets S(B) of the small sizes measures the budget.
+    """
+    w = ctx.workload
+    budget = {b: _budget(w, b, min_examples) for b in batch_sizes}
+    tuned, grids, arms, all_runs = {}, {}, {}, []
+    for batch in batch_sizes:
+        tuned[batch], grids[batch] = tuned_lr(ctx, batch, **budget[batch])
+        all_runs += [sync(ctx, batch, lr, 0, **budget[batch]) for lr in lr_grid(batch)]
+    runs = {b: [sync(ctx, b, tuned[b], s, **budget[b]) for s in seeds(ctx)] for b in batch_sizes}
+    ctx.runner.train([r for b in batch_sizes for r in runs[b]])
+    all_runs += [r for b in batch_sizes for r in runs[b]]
+    for b in batch_sizes:
+        arms[b] = read_group(ctx, runs[b], 0, f"batch {b}")
+    if target is None:
+        # The highest of the sizes' best mean losses: every size reaches it.
+        target = max(min(v for _, v in arms[b].mean) for b in batch_sizes)
+    steps, means = {}, {}
+    for b in batch_sizes:
+        steps[b] = [steps_to(c, target) for c in arms[b].curves]
+        means[b] = steps_to(arms[b].mean, target)
+    b_star = None
+    rows = [
+        f"Target: {_fmt(target, w.offset)} {_loss_name(ctx)}. Steps to reach it per batch size, "
+        f"on the mean test curve over {ctx.seeds} seeds (in brackets: each seed's own steps), "
+        "each size at its learning rate tuned on a x2 grid on the validation split (seed 0).",
+        "",
+        "| batch | tuned LR (grid) | steps to target | S(B) / S(B/2) | best test loss "
+        "| noise scale at the end |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    previous = None
+    for b in batch_sizes:
+        ratio = "-"
+        if previous is not None and means[previous] and means[b]:
+            ratio = f"{means[b] / means[previous]:.2f}"
+        per_seed = ", ".join(_fmt_steps(s) for s in steps[b])
+        cell = f"{_fmt_steps(means[b])} [{per_seed}]"
+        grid = ", ".join(f"{r['lr']:g}" for r in grids[b])
+        edge = " (grid edge)" if any(r.get("at_grid_edge") for r in grids[b]) else ""
+        noise = _final_noise_scale(ctx, runs[b])
+        rows.append(
+            f"| {b} | {tuned[b]:g}{edge} ({grid}) | {cell} | {ratio} | "
+            f"{_fmt_spread(arms[b].stopped_loss(), w.offset)} | {noise} |"
+        )
+        previous = b
+    for b in batch_sizes:
+        nxt = 2 * b
+        if nxt in means and means[b] and means[nxt] and means[nxt] / means[b] >= saturation_ratio:
+            b_star = b
+            break
+    verdict = (
+        f"**B\\* = {b_star}**: S(2B\\*)/S(B\\*) = {means[2 * b_star] / means[b_star]:.2f} "
+        f">= {saturation_ratio}."
+        if b_star
+        else f"**Not saturated** within {list(batch_sizes)}: doubling the batch still cut "
+        f"the steps by more than {1 / saturation_ratio:.2f}x at every size."
+    )
+    rows += ["", verdict]
+    raw = {
+        "target": target,
+        "tuned_lr": tuned,
+        "lr_grids": grids,
+        "steps": steps,
+        "mean_steps": means,
+        "b_star": b_star,
+    }
+    plots = [
+        (
+            "scaling",
+            {
+                "steps": {b: steps[b] for b in batch_sizes},
+                "mean": means,
+                "b_star": b_star,
+                "title": f"C1 {w.name}: steps to {_loss_name(ctx)} "
+                f"{_fmt(target, w.offset)} vs batch size (tuned LR)",
+            },
+        ),
+        (
+            "curves",
+            {
+                "arms": {arms[b].label: arms[b].curves for b in batch_sizes},
+                "target": target,
+                "offset": w.offset,
+                "ylabel": _loss_name(ctx),
+                "title": f"C1 {w.name}: sync SGD at each batch size (mean, range over seeds)",
+            },
+        ),
+    ]
+    return Report(
+        "C1: where doubling the batch stops helping", "\n".join(rows), raw, plots, all_runs
+    )
+
+
+def _final_noise_scale(ctx: Context, runs: Sequence[Run]) -> str:
+    values = []
+    for run in runs:
+        final = ctx.runner.metrics(run, 0).get("final", {})
+        value = final.get("train", {}).get("gradient_noise_scale")
+        if value is not None and math.isfinite(value):
+            values.append(value)
+    if not values:
+        return "-"
+    mean, lo, hi = spread(values)
+    return f"{mean:.0f} [{lo:.0f}, {hi:.0f}]"
+
+
+# ----------------------------------------------------------------------------
+# The gate and C2.
+
+
+@gin.configurable(module="study")
+def c2_speedup(
+    ctx: Context,
+    batch: Optional[int] = None,
+    groups: Sequence[int] = (2,),
+    ceiling_gate: float = 1.3,
+    **recipe: Any,
+) -> Report:
+    """Codistillation at B per group vs sync SGD at B and 2B, and the ensemble ceiling.
+
+    Args:
+      batch: B (default: the workload's batch, B* from c1_saturation).
+      groups: numbers of codistilling groups (N-way; 2 is the paper's).
+      ceiling_gate: below this steps ratio the ensemble itself cannot show a
+        2x speed-up: reported as the gate.
+      **recipe: codistillation bindings (the recommended recipe) for the
+        codistilling runs.
+    """
+    w = ctx.workload
+    batch = batch or w.batch
+    lr_b, _ = tuned_lr(ctx, batch)
+    lr_2b, _ = tuned_lr(ctx, 2 * batch)
+    sync_b = [sync(ctx, batch, lr_b, s) for s in seeds(ctx)]
+    sync_2b = [sync(ctx, 2 * batch, lr_2b, s) for s in seeds(ctx)]
+    ind = [independent(ctx, batch, lr_b, s) for s in seeds(ctx)]
+    cods = {n: [codistill(ctx, batch, lr_b, s, n, **recipe) for s in seeds(ctx)] for n in groups}
+    runs = sync_b + sync_2b + ind + [r for n in groups for r in cods[n]]
+    ctx.runner.train(runs)
+    arms = {
+        "sync_b": read_group(ctx, sync_b, 0, f"sync SGD, batch B = {batch}"),
+        "sync_2b": read_group(ctx, sync_2b, 0, f"sync SGD, batch 2B = {2 * batch}"),
+        "single": read_groups(ctx, ind, "one group alone (same seeds, shard, order)"),
+        "ensemble": read_ensemble(ctx, ind, "2-way ensemble of the independent groups"),
+    }
+    for n in groups:
+        arms[f"cod{n}"] = read_groups(ctx, cods[n], f"{n}-way codistillation (each group)")
+    best_sync = min(("sync_b", "sync_2b"), key=lambda k: arms[k].stopped_loss()[0])
+    target = arms[best_sync].stopped_loss()[0]
+    sync_steps = steps_to(arms[best_sync].mean, target)
+    ens_loss = arms["ensemble"].stopped_loss()[0]
+    single_loss = arms["single"].stopped_loss()[0]
+    single_to_ens = steps_to(arms["single"].mean, ens_loss)
+    ens_to_ens = steps_to(arms["ensemble"].mean, ens_loss)
+    ceiling = None
+    if ens_to_ens:
+        ceiling = (single_to_ens or math.inf) / ens_to_ens
+    rows = [
+        f"B = {batch} per group (tuned LR {lr_b:g}; 2B: {lr_2b:g}), {w.train_steps} steps, "
+        f"{ctx.seeds} seeds. Losses: {_loss_name(ctx)} at the step the validation split "
+        "chose (mean [min, max] over seeds; for groups, over seeds and groups). "
+        f"Target: the best sync baseline's ({arms[best_sync].label}) loss, "
+        f"{_fmt(target, w.offset)}.",
+        "",
+        "| arm | loss | final loss | steps to target (mean curve) | speed-up vs best sync "
+        "| share of the ensemble's gain |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    raw = {"batch": batch, "lr": {"B": lr_b, "2B": lr_2b}, "target": target, "arms": {}}
+    for key, arm in arms.items():
+        s = steps_to(arm.mean, target)
+        stopped = arm.stopped_loss()
+        share = capture(single_loss, ens_loss, stopped[0]) if key.startswith("cod") else None
+        speed = (sync_steps / s) if (s and sync_steps) else None
+        rows.append(
+            f"| {arm.label} | {_fmt_spread(stopped, w.offset)} | "
+            f"{_fmt_spread(arm.final_loss(), w.offset)} | {_fmt_steps(s)} | "
+            f"{'n/a' if speed is None else f'{speed:.2f}x'} | "
+            f"{'-' if share is None else f'{100 * share:.0f}%'} |"
+        )
+        raw["arms"][key] = {
+            "label": arm.label,
+            "stopped": arm.stopped,
+            "final": [c[-1] for c in arm.curves],
+            "steps_to_target": s,
+            "speedup": speed,
+            "capture": share,
+        }
+    gate = (
+        "never (the single group never reaches the ensemble's loss)"
+        if ceiling == math.inf
+        else ("n/a" if ceiling is None else f"{ceiling:.2f}x")
+    )
+    passed = ceiling is not None and ceiling >= ceiling_gate
+    rows += [
+        "",
+        f"Ceiling (gate G2): a single group needs {gate} the steps the ensemble needs to reach "
+        f"the ensemble's loss ({_fmt(ens_loss, w.offset)}): "
+        + (
+            "**passes**: the ensemble itself is worth the extra group."
+            if passed
+            else f"**fails** (< {ceiling_gate}x): no codistillation recipe can show C2 here."
+        ),
+    ]
+    raw.update(ceiling=ceiling, gate_passed=passed, single_loss=single_loss, ensemble_loss=ens_loss)
+    # Each codistilling group against the same group undistilled, seed by seed.
+    for n in groups:
+        if n != 2:
+            continue
+        diffs = []
+        for cod_run, ind_run in zip(cods[n], ind, strict=True):
+            for g in range(2):
+                c = runner_lib.at_best_validation(
+                    ctx.runner.val_curve(cod_run, g), ctx.runner.test_curve(cod_run, [g])
+                )[1]
+                i = runner_lib.at_best_validation(
+                    ctx.runner.val_curve(ind_run, g), ctx.runner.test_curve(ind_run, [g])
+                )[1]
+                diffs.append(c - i)
+        mean, lo, hi = spread(diffs)
+        rows.append(
+            f"\nEach codistilling group minus the same group undistilled (same seeds, data and "
+            f"order), over {len(diffs)} groups: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]."
+        )
+        raw["paired_difference"] = diffs
+    plots = [
+        (
+            "curves",
+            {
+                "arms": {a.label: a.curves for a in arms.values()},
+                "target": target,
+                "offset": w.offset,
+                "ylabel": _loss_name(ctx),
+                "title": f"C2 {w.name}: codistillation at B = {batch} vs sync SGD "
+                "(mean over seeds, band: range)",
+            },
+        )
+    ]
+    return Report(
+        "C2: codistillation vs sync SGD at B and 2B, and the ensemble ceiling",
+        "\n".join(rows),
+        raw,
+        plots,
+        runs,
+    )
+
+
+# ----------------------------------------------------------------------------
+# The recipe search.
+
+
+@gin.configurable(module="study")
+def recipe(
+    ctx: Context,
+    variants: dict = gin.REQUIRED,
+    batch: Optional[int] = None,
+) -> Report:
+    """Codistillation settings against the share of the ensemble's gain each captures.
+
+    Args:
+      variants: name -> codistillation bindings (`distill_weight`,
+        `burn_in_steps`, `exchange_every_n_steps`, `distill_loss`, ...).
+      batch: B (default: the workload's).
+    """
+    w = ctx.workload
+    batch = batch or w.batch
+    lr, _ = tuned_lr(ctx, batch)
+    ind = [independent(ctx, batch, lr, s) for s in seeds(ctx)]
+    cods = {
+        name: [codistill(ctx, batch, lr, s, **kw) for s in seeds(ctx)]
+        for name, kw in variants.items()
+    }
+    runs = ind + [r for rs in cods.values() for r in rs]
+    ctx.runner.train(runs)
+    single = read_groups(ctx, ind, "one group alone")
+    ensemble = read_ensemble(ctx, ind, "2-way ensemble")
+    single_loss, ens_loss = single.stopped_loss()[0], ensemble.stopped_loss()[0]
+    rows = [
+        f"B = {batch} per group, LR {lr:g}, {ctx.seeds} seeds. One group alone: "
+        f"{_fmt_spread(single.stopped_loss(), w.offset)}; 2-way ensemble: "
+        f"{_fmt_spread(ensemble.stopped_loss(), w.offset)} ({_loss_name(ctx)}). Share: "
+        "(alone - variant) / (alone - ensemble), per seed, mean [min, max].",
+        "",
+        "| variant | settings | loss | share of the ensemble's gain |",
+        "| --- | --- | --- | --- |",
+    ]
+    raw = {"batch": batch, "lr": lr, "single": single_loss, "ensemble": ens_loss, "variants": {}}
+    shares_by_name = {}
+    for name, kw in variants.items():
+        arm = read_groups(ctx, cods[name], name)
+        per_seed = []
+        for k in range(len(ind)):
+            s_single = (single.stopped[2 * k][1] + single.stopped[2 * k + 1][1]) / 2
+            s_ens = ensemble.stopped[k][1]
+            s_cod = (arm.stopped[2 * k][1] + arm.stopped[2 * k + 1][1]) / 2
+            per_seed.append(capture(s_single, s_ens, s_cod))
+        shares = spread(per_seed)
+        shares_by_name[name] = per_seed
+        settings = ", ".join(f"{_short(k)}={v}" for k, v in sorted(kw.items())) or "(defaults)"
+        rows.append(
+            f"| {name} | {settings} | {_fmt_spread(arm.stopped_loss(), w.offset)} | "
+            f"{_pct(shares)} |"
+        )
+        raw["variants"][name] = {"settings": kw, "stopped": arm.stopped, "shares": per_seed}
+    best = max(shares_by_name, key=lambda n: spread(shares_by_name[n])[0])
+    rows += ["", f"Best: **{best}** ({_pct(spread(shares_by_name[best]))} of the gain)."]
+    raw["best"] = best
+    plots = [
+        (
+            "bars",
+            {
+                "values": {n: shares_by_name[n] for n in variants},
+                "ylabel": "share of the 2-way ensemble's gain",
+                "title": f"Recipe search {w.name}: share of the ensemble's gain captured "
+                "(bar: mean, ticks: seeds)",
+            },
+        )
+    ]
+    return Report("The recipe: codistillation settings", "\n".join(rows), raw, plots, runs)
+
+
+def _pct(values: tuple[float, float, float]) -> str:
+    mean, lo, hi = values
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]"
+
+
+# ----------------------------------------------------------------------------
+# C4, C5, C8.
+
+
+@gin.configurable(module="study")
+def c4_data(ctx: Context, batch: Optional[int] = None, **recipe: Any) -> Report:
+    """Codistillation on disjoint shards vs on the same data (each its own order)."""
+    w = ctx.workload
+    batch = batch or w.batch
+    lr, _ = tuned_lr(ctx, batch)
+    arms, runs = {}, []
+    for split in ("disjoint", "same"):
+        ind = [independent(ctx, batch, lr, s, data_split=split) for s in seeds(ctx)]
+        cod = [codistill(ctx, batch, lr, s, data_split=split, **recipe) for s in seeds(ctx)]
+        runs += ind + cod
+        ctx.runner.train(ind + cod)
+        arms[f"single_{split}"] = read_groups(ctx, ind, f"one group alone, {split} data")
+        arms[f"ensemble_{split}"] = read_ensemble(ctx, ind, f"2-way ensemble, {split} data")
+        arms[f"cod_{split}"] = read_groups(ctx, cod, f"2-way codistillation, {split} data")
+    rows = [
+        f"B = {batch} per group, LR {lr:g}, {ctx.seeds} seeds; {_loss_name(ctx)} at the step "
+        "the validation split chose, mean [min, max].",
+        "",
+        "| data | one group alone | 2-way ensemble | 2-way codistillation | share of the gain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    raw = {}
+    for split in ("disjoint", "same"):
+        s, e, c = (arms[f"{k}_{split}"].stopped_loss() for k in ("single", "ensemble", "cod"))
+        share = capture(s[0], e[0], c[0])
+        rows.append(
+            f"| {split} | {_fmt_spread(s, w.offset)} | {_fmt_spread(e, w.offset)} | "
+            f"{_fmt_spread(c, w.offset)} | {100 * share:.0f}% |"
+        )
+        raw[split] = {"single": s, "ensemble": e, "codistill": c, "share": share}
+    plots = [
+        (
+            "curves",
+            {
+                "arms": {a.label: a.curves for a in arms.values()},
+                "offset": w.offset,
+                "ylabel": _loss_name(ctx),
+                "title": f"C4 {w.name}: disjoint shards vs the same data",
+            },
+        )
+    ]
+    return Report("C4: disjoint data vs the same data", "\n".join(rows), raw, plots, runs)
+
+
+@gin.configurable(module="study")
+def c5_staleness(
+    ctx: Context,
+    intervals: Sequence[int] = gin.REQUIRED,
+    batch: Optional[int] = None,
+    **recipe: Any,
+) -> Report:
+    """Exchange intervals (teacher staleness) against loss, with the teachers' mean age."""
+    w = ctx.workload
+    batch = batch or w.batch
+    lr, _ = tuned_lr(ctx, batch)
+    ind = [independent(ctx, batch, lr, s) for s in seeds(ctx)]
+    cods = {
+        n: [
+            codistill(ctx, batch, lr, s, **{**recipe, "exchange_every_n_steps": n})
+            for s in seeds(ctx)
+        ]
+        for n in intervals
+    }
+    runs = ind + [r for rs in cods.values() for r in rs]
+    ctx.runner.train(runs)
+    single = read_groups(ctx, ind, "one group alone")
+    ensemble = read_ensemble(ctx, ind, "2-way ensemble")
+    rows = [
+        f"B = {batch} per group, LR {lr:g}, {ctx.seeds} seeds. One group alone: "
+        f"{_fmt_spread(single.stopped_loss(), w.offset)}; ensemble: "
+        f"{_fmt_spread(ensemble.stopped_loss(), w.offset)}.",
+        "",
+        "| exchange every (steps) | teachers' mean age (steps) | loss | share of the gain |",
+        "| --- | --- | --- | --- |",
+    ]
+    raw, arms = {}, {}
+    for n in intervals:
+        arm = read_groups(ctx, cods[n], f"exchange every {n} steps")
+        arms[n] = arm
+        age = _mean_teacher_age(ctx, cods[n])
+        share = capture(single.stopped_loss()[0], ensemble.stopped_loss()[0], arm.stopped_loss()[0])
+        rows.append(
+            f"| {n} | {'n/a' if age is None else f'{age:.1f}'} | "
+            f"{_fmt_spread(arm.stopped_loss(), w.offset)} | {100 * share:.0f}% |"
+        )
+        raw[n] = {"age": age, "stopped": arm.stopped, "share": share}
+    plots = [
+        (
+            "curves",
+            {
+                "arms": {a.label: a.curves for a in [single, ensemble, *arms.values()]},
+                "offset": w.offset,
+                "ylabel": _loss_name(ctx),
+                "title": f"C5 {w.name}: teachers reloaded every 1 to {max(intervals)} steps",
+            },
+        )
+    ]
+    return Report("C5: stale teachers", "\n".join(rows), raw, plots, runs)
+
+
+def _mean_teacher_age(ctx: Context, runs: Sequence[Run]) -> Optional[float]:
+    """Mean logged `teacher_staleness` over groups and evaluations (signed: a group ahead
+    of its peer sees negative staleness, so the mean over groups is the teachers' age)."""
+    values = []
+    for run in runs:
+        for g in range(run.num_groups):
+            for evaluation in ctx.runner.history(run, g):
+                train = evaluation.get("train", {})
+                # Epoch means; only epochs where distillation was on all along.
+                if "teacher_staleness" in train and train.get("distill_weight", 0) > 0:
+                    values.append(train["teacher_staleness"])
+    return sum(values) / len(values) if values else None
+
+
+@gin.configurable(module="study")
+def c8_churn(ctx: Context, retrains: int = 5, batch: Optional[int] = None, **recipe: Any) -> Report:
+    """Prediction churn between retrains: one group, the ensemble, a codistilled group."""
+    w = ctx.workload
+    batch = batch or w.batch
+    lr, _ = tuned_lr(ctx, batch)
+    ind = [independent(ctx, batch, lr, s) for s in range(retrains)]
+    cod = [codistill(ctx, batch, lr, s, **recipe) for s in range(retrains)]
+    ctx.runner.train(ind + cod)
+    out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cod[0].key()}"
+    kinds = {
+        "one group (group 0 of each retrain)": ([f"{ctx.runner.root(r)}:0" for r in ind], ind, [0]),
+        "2-way ensemble": ([f"{ctx.runner.root(r)}:0+1" for r in ind], ind, [0, 1]),
+        "2-way codistillation (group 0 of each retrain)": (
+            [f"{ctx.runner.root(r)}:0" for r in cod],
+            cod,
+            [0],
+        ),
+    }
+    rows = [
+        f"B = {batch}, LR {lr:g}, {w.train_steps} steps, {retrains} retrains (seeds) of each; "
+        "churn between the final models of every pair of retrains, on the test split "
+        "(mean [min, max] over pairs); loss: final test loss over retrains.",
+        "",
+        "| model | final loss | mean abs. difference of probabilities | top-1 disagreement |",
+        "| --- | --- | --- | --- |",
+    ]
+    raw = {}
+    for name, (specs, runs, groups) in kinds.items():
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
+        report = ctx.runner.churn(specs, f"{out}/{slug}.json", w.test_bindings)
+        losses = [ctx.runner.test_curve(r, groups)[-1][1] for r in runs]
+        mad, dis = report["mean_abs_diff"], report["disagreement"]
+        rows.append(
+            f"| {name} | {_fmt_spread(spread(losses), w.offset)} | "
+            f"{mad['mean']:.4f} [{mad['min']:.4f}, {mad['max']:.4f}] | "
+            f"{dis['mean']:.4f} [{dis['min']:.4f}, {dis['max']:.4f}] |"
+        )
+        raw[name] = {"losses": losses, "churn": report}
+    base = raw["one group (group 0 of each retrain)"]["churn"]["mean_abs_diff"]["mean"]
+    codc = raw["2-way codistillation (group 0 of each retrain)"]["churn"]["mean_abs_diff"]["mean"]
+    ensc = raw["2-way ensemble"]["churn"]["mean_abs_diff"]["mean"]
+    rows += [
+        "",
+        f"Codistillation's churn is {codc / base:.2f}x the single group's "
+        f"(the ensemble's: {ensc / base:.2f}x).",
+    ]
+    raw["ratio"] = {"codistillation": codc / base, "ensemble": ensc / base}
+    plots = [
+        (
+            "churn",
+            {
+                "values": {
+                    name: [r["churn"]["mean_abs_diff"]["mean"], r["churn"]["disagreement"]["mean"]]
+                    for name, r in raw.items()
+                    if name != "ratio"
+                },
+                "title": f"C8 {w.name}: churn between {retrains} retrains",
+            },
+        )
+    ]
+    return Report("C8: prediction churn between retrains", "\n".join(rows), raw, plots, ind + cod)
+
+
+@gin.configurable(module="study")
+def repetition(
+    ctx: Context,
+    dataset_sizes: Sequence[int] = gin.REQUIRED,
+    size_binding: str = gin.REQUIRED,
+    batch: Optional[int] = None,
+    **recipe: Any,
+) -> Report:
+    """The share of the ensemble's gain codistillation captures against how often data repeats.
+
+    The same runs as C2's independent pair and codistilling pair, on training
+    sets of several sizes: from many passes over a small set to about one
+    pass (the paper's regime).
+
+    Args:
+      dataset_sizes: training examples (before any split between groups).
+      size_binding: the gin binding that sets it.
+      batch: B (default: the workload's).
+    """
+    w = ctx.workload
+    batch = batch or w.batch
+    lr, _ = tuned_lr(ctx, batch)
+    rows = [
+        f"B = {batch} per group, LR {lr:g} (tuned at the workload's size), {w.train_steps} "
+        f"steps, {ctx.seeds} seeds; {_loss_name(ctx)} at the step the validation split "
+        "chose, mean [min, max]. Passes: how many times a group reads each example.",
+        "",
+        "| training examples | passes | one group alone | 2-way ensemble | 2-way codistillation "
+        "| share of the gain (per seed) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    raw, runs, shares = {}, [], {}
+    for size in dataset_sizes:
+        ind = [independent(ctx, batch, lr, s, **{size_binding: size}) for s in seeds(ctx)]
+        cod = [codistill(ctx, batch, lr, s, **{size_binding: size}, **recipe) for s in seeds(ctx)]
+        ctx.runner.train(ind + cod)
+        runs += ind + cod
+        single = read_groups(ctx, ind, "alone")
+        ensemble = read_ensemble(ctx, ind, "ensemble")
+        arm = read_groups(ctx, cod, "codistillation")
+        per_seed = []
+        for k in range(len(ind)):
+            s = (single.stopped[2 * k][1] + single.stopped[2 * k + 1][1]) / 2
+            c = (arm.stopped[2 * k][1] + arm.stopped[2 * k + 1][1]) / 2
+            per_seed.append(capture(s, ensemble.stopped[k][1], c))
+        shares[size] = per_seed
+        passes = batch * w.train_steps / size
+        rows.append(
+            f"| {size} | {passes:.1f} | {_fmt_spread(single.stopped_loss(), w.offset)} | "
+            f"{_fmt_spread(ensemble.stopped_loss(), w.offset)} | "
+            f"{_fmt_spread(arm.stopped_loss(), w.offset)} | {_pct(spread(per_seed))} |"
+        )
+        raw[size] = {
+            "passes": passes,
+            "single": single.stopped,
+            "ensemble": ensemble.stopped,
+            "codistill": arm.stopped,
+            "shares": per_seed,
+        }
+    plots = [
+        (
+            "bars",
+            {
+                "values": {
+                    f"{s} examples ({raw[s]['passes']:.1f} passes)": shares[s] for s in shares
+                },
+                "ylabel": "share of the 2-way ensemble's gain",
+                "title": f"{w.name}: share of the ensemble's gain codistillation captures vs "
+                "passes over the data (bar: mean, ticks: seeds)",
+            },
+        )
+    ]
+    return Report(
+        "When data repeats: codistillation vs the ensemble at several training-set sizes",
+        "\n".join(rows),
+        raw,
+        plots,
+        runs,
+    )
