@@ -64,7 +64,10 @@ class Workload:
         loss, so tables show the excess loss); 0 for none.
       offset_name: what `offset` is, for the tables.
       seconds_per_step: one group's step at `batch` on the study machine,
-        alone (estimates only); scaled linearly in the batch.
+        alone (estimates only); its part above `step_overhead_s` scales
+        linearly in the batch.
+      step_overhead_s: the part of a step that does not grow with the batch
+        (dispatch, evaluation and checkpoints spread over steps).
       startup_s: a process's start, data and first trace (estimates only).
       repeats_data: whether runs repeat training examples (for the tables).
       description: one line for the report headers.
@@ -85,6 +88,7 @@ class Workload:
     offset: float = 0.0
     offset_name: str = ""
     seconds_per_step: float = 0.01
+    step_overhead_s: float = 0.0
     startup_s: float = 15.0
     repeats_data: bool = False
     description: str = ""
@@ -163,7 +167,8 @@ class Run:
     def estimate_s(self) -> float:
         """Seconds to train this run alone on 2 cores (a rough estimate)."""
         w = self.workload
-        per_step = w.seconds_per_step * (self.batch or w.batch) / w.batch
+        scale = (self.batch or w.batch) / w.batch
+        per_step = w.step_overhead_s + (w.seconds_per_step - w.step_overhead_s) * scale
         per_step *= 1.3 if self.codistill else 1.0
         cores = 2
         share = max(1.0, self.num_groups / cores)
