@@ -49,6 +49,7 @@ from tf_codistill.datasets import mnist1d as mnist1d_data
 from tf_codistill.datasets import synthetic
 from tf_codistill.datasets import teacher_student
 from tf_codistill.datasets import text
+from tf_codistill.models import conv_lm
 from tf_codistill.models import criteo as criteo_model
 from tf_codistill.models import lstm_lm
 from tf_codistill.models import mlp
@@ -102,6 +103,7 @@ REGISTERED = {
         resnet.small_resnet,
         lstm_lm.lstm_lm,
         lstm_lm.CarriedStateCallback,
+        conv_lm.conv_lm,
     ],
     "tf_codistill.datasets": [
         synthetic.planted_input_fn,
