@@ -363,6 +363,26 @@ class TestSplitsAndPieces:
             ids = np.concatenate([np.concatenate([x, y], axis=1) for x, y, _ in out])
             assert ids.max() < corpus.vocab_size  # No input-only marks left.
 
+    def test_cached_evaluation_is_read_once(self, tmp_path):
+        # With cache_eval, a second pass gives the same batches without the files
+        # (deleted here); without it, the second pass reads them again.
+        valid = tmp_path / "valid.txt"
+        valid.write_bytes(open(VALID, "rb").read())
+        context = sharding.DataContext(training=False, batch_size=2)
+        cached = text.lm_input_fn(
+            context, bytes_corpus(tmp_path, valid=str(valid)), cache_eval=True
+        )
+        read = text.lm_input_fn(context, bytes_corpus(tmp_path, valid=str(valid)))
+        first = batches(cached)
+        assert len(first) == len(batches(read)) == 7
+        valid.unlink()
+        again = batches(cached)
+        for got, want in zip(again, first, strict=True):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+        with pytest.raises(tf.errors.NotFoundError):
+            batches(read)
+
     def test_bad_piece_settings(self, tmp_path):
         corpus = bytes_corpus(tmp_path)
         for kwargs, message in (

@@ -730,6 +730,7 @@ def lm_input_fn(
     eval_piece_tokens: Optional[int] = None,
     eval_piece_every: int = 1,
     eval_piece_context: int = 0,
+    cache_eval: bool = False,
 ) -> tf.data.Dataset:
     """Language-model input function for `train_lib.train_group`.
 
@@ -756,6 +757,11 @@ def lm_input_fn(
       eval_piece_context: with `eval_piece_tokens`, tokens of each piece's
         document before it given as inputs only (at least the model's
         context - 1, so that no scored position sees another piece).
+      cache_eval: keep the evaluation batches in memory after the first
+        pass (they are the same at every evaluation), instead of reading,
+        tokenizing and packing the documents again each time. Only for
+        evaluations read to the end (`train_group.eval_steps` None): a pass
+        stopped early is not cached (tf.data warns and reads again).
 
     Returns:
       Batches `(tokens, targets, mask)`: `[B, sequence_length]` int32 inputs,
@@ -827,7 +833,10 @@ def lm_input_fn(
             targets %= _INPUT_ONLY
         return inputs, targets, tf.cast(mask, tf.float32)
 
-    return windows.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = windows.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache_eval and not context.training:
+        batches = batches.cache()
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def corpus_vocab_size(corpus: Optional[TextCorpus] = None) -> int:
