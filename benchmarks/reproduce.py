@@ -210,7 +210,9 @@ def main(argv):
         print(f"== {name}:{wl}: {EXPERIMENTS[name][1]}", flush=True)
         w, rep = _run(name, wl, runner)
         seeds = 2 if FLAGS.quick else FLAGS.seeds
-        markdown = report.write(FLAGS.out_dir, name, w, rep, runner, seeds, FLAGS.quick)
+        markdown = report.write(
+            FLAGS.out_dir, name, w, rep, runner, seeds, FLAGS.quick, tuple(FLAGS.gin_bindings)
+        )
         print(markdown, flush=True)
         print(f"   ({(time.time() - start) / 60:.1f} min)", flush=True)
 

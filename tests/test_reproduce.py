@@ -165,6 +165,36 @@ def test_c2_target_speed_up_share_and_gate(configured):
     assert raw["paired_difference"] == pytest.approx([cod - single] * 4)
 
 
+def test_c2_without_double_batch_trains_no_2b_and_targets_sync_at_b(configured):
+    runner = FakeRunner(c2_curves)
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c2_speedup(ctx, batch=64, double_batch=False)
+    assert {r.batch for r in runner.trained} == {64}
+    assert "sync_2b" not in report.raw["arms"] and report.raw["lr"]["2B"] is None
+    # Sync SGD at B ends at 1.10: the target is its lowest point.
+    assert report.raw["target"] == pytest.approx(min(v for _, v in curve(2.0, 1.10, 0.03)))
+    assert "sync SGD at 2B not run" in report.markdown
+    # The grid has two rates (equally good here: the first is kept): tuned.
+    # A grid of one says it tuned nothing.
+    assert "tuned LR 0.001" in report.markdown
+    gin.bind_parameter("study.lr_grid.grid", [0.002])
+    one = experiments.c2_speedup(experiments.Context(configured, FakeRunner(c2_curves), seeds=1))
+    assert "LR 0.002, not tuned (a grid of one)" in one.markdown
+
+
+def test_report_lists_the_bindings_the_study_ran_with(configured, tmp_path):
+    from study import report as report_lib
+
+    rep = experiments.Report("a title", "a table", {"x": 1})
+    bindings = ("study.lr_grid.grid = [0.004]", "study.c2_speedup.double_batch = False")
+    markdown = report_lib.write(
+        str(tmp_path), "c2_speedup", configured, rep, FakeRunner(None), 3, False, bindings
+    )
+    assert "`study.lr_grid.grid = [0.004]`; `study.c2_speedup.double_batch = False`" in markdown
+    with open(tmp_path / "c2_speedup-fake.json") as f:
+        assert json.load(f)["gin_bindings"] == list(bindings)
+
+
 def test_early_stopping_reads_the_test_loss_where_validation_is_lowest():
     val = [(10, 1.0), (20, 0.8), (30, 0.9)]
     test = [(10, 1.1), (20, 0.95), (30, 0.7)]
@@ -267,3 +297,4 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     )
     assert again.returncode == 0 and "every run is kept" in again.stdout
     assert "] training" not in again.stdout
+
