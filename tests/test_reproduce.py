@@ -251,7 +251,7 @@ def test_runs_are_kept_by_configuration_not_label(configured):
 
 def reproduce(*args, cwd=BENCHMARKS, timeout=900):
     return subprocess.run(
-        [sys.executable, "reproduce.py", *args],
+        [sys.executable, os.path.join(BENCHMARKS, "reproduce.py"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -298,3 +298,69 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     assert again.returncode == 0 and "every run is kept" in again.stdout
     assert "] training" not in again.stdout
 
+
+def workload_config(name):
+    """A workload's study config (gin/reproduce/<name>.gin), as the harness parses it."""
+    gin.clear_config()
+    try:
+        # enabled_experiments is registered by reproduce.py, whose flags this
+        # process must not define (other test modules define some of them).
+        gin.parse_config_file(
+            os.path.join(testing.repo_root(), "gin", "reproduce", f"{name}.gin"),
+            skip_unknown=["study.enabled_experiments"],
+        )
+        return runner_lib.Workload()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("name", ["lm", "mnist1d", "teacher_student"])
+def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name):
+    # What the harness hands train.py and the test evaluation must parse with
+    # the workload's own gin files: a misspelt name fails here, not an hour
+    # into a study.
+    from tf_codistill import gin_utils
+
+    w = workload_config(name)
+    run = runner_lib.Run(w, "a run", batch=2 * w.batch, learning_rate=0.5)
+    for extra in ({}, w.quick_bindings, w.test_bindings):
+        bindings = runner_lib.gin_bindings({**run.bindings(), **extra})
+        gin.clear_config()
+        try:
+            gin_utils.parse(list(w.gin_files), bindings, finalize=False)
+            assert gin_utils.query(f"{runner_lib.TRAIN_GROUP}.global_batch_size") == 2 * w.batch
+        finally:
+            gin.clear_config()
+
+
+def test_lm_quick_reads_bundled_text_and_evaluates_the_test_split_on_every_batch():
+    # --quick must run without the Debian packages: the bundled text, by
+    # paths relative to the repository (where the harness starts the runs).
+    w = workload_config("lm")
+    files = {k: v for k, v in w.quick_bindings.items() if k.endswith("_files")}
+    assert set(files) == {
+        f"tf_codistill.datasets.text.TextCorpus.{f}"
+        for f in ("train_files", "eval_files", "test_files")
+    }
+    for path in files.values():
+        assert not os.path.isabs(path) and os.path.exists(os.path.join(runner_lib.REPO, path))
+    assert w.test_bindings == {"tf_codistill.datasets.text.lm_input_fn.eval_split": "test"}
+    # The streams are the batch; the model has no per-batch size to bind.
+    assert w.batch_bindings == ("global_batch_size",)
+    assert w.loss_key == "token_cross_entropy"
+
+
+@pytest.mark.slow
+def test_quick_lm_c1_trains_on_bundled_text_from_any_directory(tmp_path):
+    out = tmp_path / "out"
+    result = reproduce(
+        "c1_saturation:lm", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "c1_saturation-lm-quick.json") as f:
+        raw = json.load(f)
+    assert set(raw["result"]["mean_steps"]) == {"16", "32"}
+    curves = [p for d in (tmp_path / "runs").iterdir() for p in (d / "test").glob("curve_*.json")]
+    assert curves and all(
+        math.isfinite(loss) for p in curves for _, loss in json.loads(p.read_text())
+    )
