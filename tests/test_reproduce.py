@@ -348,19 +348,3 @@ def test_lm_quick_reads_bundled_text_and_evaluates_the_test_split_on_every_batch
     # The streams are the batch; the model has no per-batch size to bind.
     assert w.batch_bindings == ("global_batch_size",)
     assert w.loss_key == "token_cross_entropy"
-
-
-@pytest.mark.slow
-def test_quick_lm_c1_trains_on_bundled_text_from_any_directory(tmp_path):
-    out = tmp_path / "out"
-    result = reproduce(
-        "c1_saturation:lm", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(out / "c1_saturation-lm-quick.json") as f:
-        raw = json.load(f)
-    assert set(raw["result"]["mean_steps"]) == {"16", "32"}
-    curves = [p for d in (tmp_path / "runs").iterdir() for p in (d / "test").glob("curve_*.json")]
-    assert curves and all(
-        math.isfinite(loss) for p in curves for _, loss in json.loads(p.read_text())
-    )
