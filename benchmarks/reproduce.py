@@ -171,6 +171,12 @@ def main(argv):
     # either signal must still stop the harness and the runs it started.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    # The runs start in the repository, whatever the harness' directory: data
+    # paths in gin files and bindings are relative to it (the bundled text of
+    # the LM's --quick runs, as in gin/lm/tiny.gin).
+    FLAGS.work_dir = os.path.abspath(FLAGS.work_dir)
+    FLAGS.out_dir = os.path.abspath(FLAGS.out_dir)
+    os.chdir(runner_lib.REPO)
     names = argv[1:]
     if FLAGS.list or not names:
         print("experiments (expected minutes from scratch on 2 cores; kept runs are reused):")
@@ -210,7 +216,9 @@ def main(argv):
         print(f"== {name}:{wl}: {EXPERIMENTS[name][1]}", flush=True)
         w, rep = _run(name, wl, runner)
         seeds = 2 if FLAGS.quick else FLAGS.seeds
-        markdown = report.write(FLAGS.out_dir, name, w, rep, runner, seeds, FLAGS.quick)
+        markdown = report.write(
+            FLAGS.out_dir, name, w, rep, runner, seeds, FLAGS.quick, tuple(FLAGS.gin_bindings)
+        )
         print(markdown, flush=True)
         print(f"   ({(time.time() - start) / 60:.1f} min)", flush=True)
 

@@ -165,6 +165,36 @@ def test_c2_target_speed_up_share_and_gate(configured):
     assert raw["paired_difference"] == pytest.approx([cod - single] * 4)
 
 
+def test_c2_without_double_batch_trains_no_2b_and_targets_sync_at_b(configured):
+    runner = FakeRunner(c2_curves)
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c2_speedup(ctx, batch=64, double_batch=False)
+    assert {r.batch for r in runner.trained} == {64}
+    assert "sync_2b" not in report.raw["arms"] and report.raw["lr"]["2B"] is None
+    # Sync SGD at B ends at 1.10: the target is its lowest point.
+    assert report.raw["target"] == pytest.approx(min(v for _, v in curve(2.0, 1.10, 0.03)))
+    assert "sync SGD at 2B not run" in report.markdown
+    # The grid has two rates (equally good here: the first is kept): tuned.
+    # A grid of one says it tuned nothing.
+    assert "tuned LR 0.001" in report.markdown
+    gin.bind_parameter("study.lr_grid.grid", [0.002])
+    one = experiments.c2_speedup(experiments.Context(configured, FakeRunner(c2_curves), seeds=1))
+    assert "LR 0.002, not tuned (a grid of one)" in one.markdown
+
+
+def test_report_lists_the_bindings_the_study_ran_with(configured, tmp_path):
+    from study import report as report_lib
+
+    rep = experiments.Report("a title", "a table", {"x": 1})
+    bindings = ("study.lr_grid.grid = [0.004]", "study.c2_speedup.double_batch = False")
+    markdown = report_lib.write(
+        str(tmp_path), "c2_speedup", configured, rep, FakeRunner(None), 3, False, bindings
+    )
+    assert "`study.lr_grid.grid = [0.004]`; `study.c2_speedup.double_batch = False`" in markdown
+    with open(tmp_path / "c2_speedup-fake.json") as f:
+        assert json.load(f)["gin_bindings"] == list(bindings)
+
+
 def test_early_stopping_reads_the_test_loss_where_validation_is_lowest():
     val = [(10, 1.0), (20, 0.8), (30, 0.9)]
     test = [(10, 1.1), (20, 0.95), (30, 0.7)]
@@ -221,7 +251,7 @@ def test_runs_are_kept_by_configuration_not_label(configured):
 
 def reproduce(*args, cwd=BENCHMARKS, timeout=900):
     return subprocess.run(
-        [sys.executable, "reproduce.py", *args],
+        [sys.executable, os.path.join(BENCHMARKS, "reproduce.py"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -267,3 +297,54 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     )
     assert again.returncode == 0 and "every run is kept" in again.stdout
     assert "] training" not in again.stdout
+
+
+def workload_config(name):
+    """A workload's study config (gin/reproduce/<name>.gin), as the harness parses it."""
+    gin.clear_config()
+    try:
+        # enabled_experiments is registered by reproduce.py, whose flags this
+        # process must not define (other test modules define some of them).
+        gin.parse_config_file(
+            os.path.join(testing.repo_root(), "gin", "reproduce", f"{name}.gin"),
+            skip_unknown=["study.enabled_experiments"],
+        )
+        return runner_lib.Workload()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("name", ["lm", "mnist1d", "teacher_student"])
+def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name):
+    # What the harness hands train.py and the test evaluation must parse with
+    # the workload's own gin files: a misspelt name fails here, not an hour
+    # into a study.
+    from tf_codistill import gin_utils
+
+    w = workload_config(name)
+    run = runner_lib.Run(w, "a run", batch=2 * w.batch, learning_rate=0.5)
+    for extra in ({}, w.quick_bindings, w.test_bindings):
+        bindings = runner_lib.gin_bindings({**run.bindings(), **extra})
+        gin.clear_config()
+        try:
+            gin_utils.parse(list(w.gin_files), bindings, finalize=False)
+            assert gin_utils.query(f"{runner_lib.TRAIN_GROUP}.global_batch_size") == 2 * w.batch
+        finally:
+            gin.clear_config()
+
+
+def test_lm_quick_reads_bundled_text_and_evaluates_the_test_split_on_every_batch():
+    # --quick must run without the Debian packages: the bundled text, by
+    # paths relative to the repository (where the harness starts the runs).
+    w = workload_config("lm")
+    files = {k: v for k, v in w.quick_bindings.items() if k.endswith("_files")}
+    assert set(files) == {
+        f"tf_codistill.datasets.text.TextCorpus.{f}"
+        for f in ("train_files", "eval_files", "test_files")
+    }
+    for path in files.values():
+        assert not os.path.isabs(path) and os.path.exists(os.path.join(runner_lib.REPO, path))
+    assert w.test_bindings == {"tf_codistill.datasets.text.lm_input_fn.eval_split": "test"}
+    # The streams are the batch; the model has no per-batch size to bind.
+    assert w.batch_bindings == ("global_batch_size",)
+    assert w.loss_key == "token_cross_entropy"

@@ -259,6 +259,142 @@ class TestFixtureBytes:
             text.lm_input_fn(sharding.DataContext(), bytes_corpus(tmp_path), sequence_length=0)
 
 
+class TestSplitsAndPieces:
+    def test_test_split_reads_test_files(self, tmp_path):
+        valid = write(tmp_path, "valid.txt", "val")
+        test = write(tmp_path, "test.txt", "tst\n\nxy")
+        corpus = bytes_corpus(tmp_path, valid=valid, test_files=test)
+        assert [d.decode() for d in corpus.documents(False, split="test").as_numpy_iterator()] == [
+            "tst",
+            "xy",
+        ]
+        context = sharding.DataContext(training=False, batch_size=1)
+        out = batches(text.lm_input_fn(context, corpus=corpus, eval_split="test"))
+        # E t s t E x y E: 7 targets, one window of 32.
+        assert len(out) == 1 and out[0][2].sum() == 7
+        np.testing.assert_array_equal(out[0][1][0, :7], b("tst") + [E] + b("xy") + [E])
+        # Validation is untouched.
+        out = batches(text.lm_input_fn(context, corpus=corpus))
+        np.testing.assert_array_equal(out[0][1][0, :4], b("val") + [E])
+
+    def test_missing_or_bad_test_split(self, tmp_path):
+        corpus = bytes_corpus(tmp_path)
+        with pytest.raises(ValueError, match="test_files is not set"):
+            corpus.documents(False, split="test")
+        with pytest.raises(ValueError, match="eval_split must be one of"):
+            text.lm_input_fn(sharding.DataContext(training=False), corpus, eval_split="valid")
+        with pytest.raises(ValueError, match="test_files"):
+            text.TextCorpus(tfds_name="lm1b", test_files=VALID)
+
+    def test_pieces_by_hand(self):
+        # Document 0 "abcdefghij" + EOD = 11 tokens, pieces of 4: [a-d] [e-h] [i j E];
+        # document 1 "klm" + EOD: one piece. Every 2nd piece, shifted by the
+        # document's index: doc 0 keeps pieces 0 and 2, doc 1 keeps none
+        # ((0 + 1) % 2 != 0). Context 2: piece 2 comes after "gh" (input only);
+        # piece 0 stops before its document's end: an input-only EOD follows.
+        docs = tf.data.Dataset.from_tensor_slices(["abcdefghij", "klm"])
+        tokens = text.TextCorpus(train_files=TRAIN, tokenizer="bytes").tokenize(docs)
+        got = [
+            s.numpy().tolist() for s in text.evaluation_pieces(tokens, 4, every=2, context_tokens=2)
+        ]
+        only = text._INPUT_ONLY
+        assert got == [b("abcd") + [E + only], [c + only for c in b("gh")] + b("ij") + [E]]
+
+    def test_pieces_through_the_input_fn(self, tmp_path):
+        # The two segments above in one stream, windows of 8 (parentheses: input only):
+        #   E a b c d (E) (g) (h) | i j E
+        # Targets a b c d i j E are scored (7); (E) (g) (h) are inputs only.
+        valid = write(tmp_path, "v.txt", "abcdefghij\n\nklm")
+        corpus = bytes_corpus(tmp_path, valid=valid)
+        context = sharding.DataContext(training=False, batch_size=1)
+        out = batches(
+            text.lm_input_fn(
+                context,
+                corpus=corpus,
+                sequence_length=8,
+                eval_piece_tokens=4,
+                eval_piece_every=2,
+                eval_piece_context=2,
+            )
+        )
+        assert len(out) == 2
+        x = np.concatenate([x for x, _, _ in out], axis=1)[0]
+        y = np.concatenate([y for _, y, _ in out], axis=1)[0]
+        m = np.concatenate([m for _, _, m in out], axis=1)[0]
+        # The stream E a b c d (E) (g) (h) i j E, then padding; targets are it shifted by one.
+        np.testing.assert_array_equal(x[:11], [E] + b("abcd") + [E] + b("ghij") + [E])
+        np.testing.assert_array_equal(y[:10], b("abcd") + [E] + b("ghij") + [E])
+        np.testing.assert_array_equal(m, [1, 1, 1, 1, 0, 0, 0, 1, 1, 1] + [0] * 6)
+
+    def test_one_piece_per_document_is_the_whole_documents(self, tmp_path):
+        context = sharding.DataContext(training=False, batch_size=2)
+        corpus = bytes_corpus(tmp_path)
+        whole = batches(text.lm_input_fn(context, corpus=corpus))
+        pieces = batches(
+            text.lm_input_fn(context, corpus=corpus, eval_piece_tokens=10_000, eval_piece_every=1)
+        )
+        assert len(whole) == len(pieces)
+        for got, want in zip(pieces, whole, strict=True):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+
+    def test_pieces_sample_every_document_and_count_their_tokens(self, tmp_path):
+        # valid.txt's 4 documents hold 98 + 100 + 112 + 87 bytes, + 4 EODs:
+        # 99, 101, 113, 88 tokens. Pieces of 10, every 3rd, shifted by the
+        # document's index: doc d keeps pieces j with (j + d) % 3 == 0:
+        #   doc 0 (99):  j = 0, 3, 6, 9      -> 10 + 10 + 10 + 9 = 39
+        #   doc 1 (101): j = 2, 5, 8         -> 30
+        #   doc 2 (113): j = 1, 4, 7, 10     -> 10 + 10 + 10 + 10 = 40
+        #   doc 3 (88):  j = 0, 3, 6         -> 30
+        # 139 scored targets, whatever the context and the number of streams.
+        corpus = bytes_corpus(tmp_path)
+        for streams, context_tokens in ((1, 0), (3, 5)):
+            context = sharding.DataContext(training=False, batch_size=streams)
+            out = batches(
+                text.lm_input_fn(
+                    context,
+                    corpus=corpus,
+                    eval_piece_tokens=10,
+                    eval_piece_every=3,
+                    eval_piece_context=context_tokens,
+                )
+            )
+            assert sum(m.sum() for _, _, m in out) == 139
+            ids = np.concatenate([np.concatenate([x, y], axis=1) for x, y, _ in out])
+            assert ids.max() < corpus.vocab_size  # No input-only marks left.
+
+    def test_cached_evaluation_is_read_once(self, tmp_path):
+        # With cache_eval, a second pass gives the same batches without the files
+        # (deleted here); without it, the second pass reads them again.
+        valid = tmp_path / "valid.txt"
+        valid.write_bytes(open(VALID, "rb").read())
+        context = sharding.DataContext(training=False, batch_size=2)
+        cached = text.lm_input_fn(
+            context, bytes_corpus(tmp_path, valid=str(valid)), cache_eval=True
+        )
+        read = text.lm_input_fn(context, bytes_corpus(tmp_path, valid=str(valid)))
+        first = batches(cached)
+        assert len(first) == len(batches(read)) == 7
+        valid.unlink()
+        again = batches(cached)
+        for got, want in zip(again, first, strict=True):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+        with pytest.raises(tf.errors.NotFoundError):
+            batches(read)
+
+    def test_bad_piece_settings(self, tmp_path):
+        corpus = bytes_corpus(tmp_path)
+        for kwargs, message in (
+            ({"eval_piece_tokens": 0}, "eval_piece_tokens must be an integer >= 1"),
+            ({"eval_piece_tokens": 8, "eval_piece_every": 0}, "eval_piece_every"),
+            ({"eval_piece_tokens": 8, "eval_piece_context": -1}, "eval_piece_context"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                # Training pipelines check them too: the mistake shows at the start.
+                text.lm_input_fn(sharding.DataContext(training=True), corpus, **kwargs)
+
+
 class TestSubwordVocabulary:
     def committed(self):
         with open(os.path.join(FIXTURE, "subword300.vocab.json"), encoding="utf-8") as f:

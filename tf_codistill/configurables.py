@@ -8,6 +8,7 @@ files use:
     tf_codistill.train_lib.train_group               the root (see below)
     tf_codistill.models.mlp_classifier, ...          model builders
     tf_codistill.datasets.planted_input_fn, ...      input functions
+    tf_codistill.datasets.debian_docs.split_files    the offline text corpus' splits
     tf_codistill.losses.KLDivergence, ...            distillation losses (psi)
     tf_codistill.schedules.LinearRamp, ...           distillation-weight schedules
     tf_codistill.peer_selection.RandomPeer, ...      peer-selection rules
@@ -44,11 +45,13 @@ from tf_codistill import peer_selection
 from tf_codistill import schedules
 from tf_codistill import train_lib
 from tf_codistill.datasets import criteo as criteo_data
+from tf_codistill.datasets import debian_docs
 from tf_codistill.datasets import imagenet as imagenet_data
 from tf_codistill.datasets import mnist1d as mnist1d_data
 from tf_codistill.datasets import synthetic
 from tf_codistill.datasets import teacher_student
 from tf_codistill.datasets import text
+from tf_codistill.models import conv_lm
 from tf_codistill.models import criteo as criteo_model
 from tf_codistill.models import lstm_lm
 from tf_codistill.models import mlp
@@ -102,6 +105,7 @@ REGISTERED = {
         resnet.small_resnet,
         lstm_lm.lstm_lm,
         lstm_lm.CarriedStateCallback,
+        conv_lm.conv_lm,
     ],
     "tf_codistill.datasets": [
         synthetic.planted_input_fn,
@@ -115,6 +119,7 @@ REGISTERED = {
         text.corpus_vocab_size,
         text.unigram_distribution,
     ],
+    "tf_codistill.datasets.debian_docs": [debian_docs.split_files],
     "tf_codistill.losses": [
         losses.SoftmaxCrossEntropy,
         losses.KLDivergence,

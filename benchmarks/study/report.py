@@ -42,8 +42,13 @@ def write(
     runner: runner_lib.Runner,
     seeds: int,
     quick: bool,
+    bindings: tuple = (),
 ) -> str:
-    """Writes the three files; returns the markdown."""
+    """Writes the three files; returns the markdown.
+
+    `bindings` are the `--gin_bindings` the study was run with (on top of the
+    workload's gin file): the header lists them, as they change what ran.
+    """
     os.makedirs(out_dir, exist_ok=True)
     name = f"{experiment}-{workload.name}"
     training_s = runner.training_seconds(report.runs)
@@ -56,6 +61,12 @@ def write(
         f"{training_s / 60:.1f} min (runs shared with other experiments included; "
         "other work may have shared the cores).\n\n"
     )
+    if bindings:
+        header += (
+            "Run with these bindings on top of the gin file: "
+            + "; ".join(f"`{b}`" for b in bindings)
+            + ".\n\n"
+        )
     if workload.offset:
         header += (
             f"Losses are excess losses: the test cross-entropy minus {workload.offset_name} "
@@ -75,6 +86,7 @@ def write(
         "seeds": seeds,
         "machine": machine(),
         "training_s": training_s,
+        "gin_bindings": list(bindings),
         "runs": [
             {"key": r.key(), "label": r.label, "seed": r.seed, "groups": r.num_groups}
             for r in dict.fromkeys(report.runs)

@@ -18,22 +18,30 @@ of code and shell commands): it is what the files say, not cleaned prose.
 
 `prepare` writes each file as one document (decompressed, UTF-8) into a
 cache directory, named by a hash of its path so that the storage order mixes
-both packages, and splits the documents deterministically into training and
-validation by that hash. `text_corpus` returns the
-`tf_codistill.datasets.text.TextCorpus` that reads the cache one document per
-file; its word-piece vocabulary is built on first use and saved in the cache
-too, so later runs (and every group) read it back.
+both packages, and splits the documents deterministically into training,
+validation and (with `test_percent`) test by that hash. `text_corpus` returns
+the `tf_codistill.datasets.text.TextCorpus` that reads the cache one document
+per file; its word-piece vocabulary is built on first use and saved in the
+cache too, so later runs (and every group) read it back.
+
+A gin config names the splits with `split_files` (see `gin/lm/conv.gin`):
+every group's input function prepares the cache on first use, under a file
+lock, so the groups of a run (and the study's runs) can start together on a
+machine where it does not exist yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 from typing import Optional
@@ -50,6 +58,7 @@ __all__ = [
     "PreparedCorpus",
     "find_documents",
     "prepare",
+    "split_files",
     "text_corpus",
 ]
 
@@ -57,6 +66,8 @@ PACKAGES = ("python3.11-doc", "linux-doc-6.1")
 INSTALL = "apt-get install " + " ".join(PACKAGES)
 _FORMAT = "tf_codistill.debian_docs/1"
 _MANIFEST = "manifest.json"
+SPLITS = ("train", "valid", "test")
+DEFAULT_CACHE_DIR = "~/.cache/tf_codistill/debian_docs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +143,27 @@ def _hash(document_id: str) -> str:
     return hashlib.sha1(document_id.encode("utf-8")).hexdigest()
 
 
+def _position(document_id: str) -> int:
+    """The first 8 hex digits of the SHA-1 of the id, in [0, 16^8)."""
+    return int(_hash(document_id)[:8], 16)
+
+
 def is_validation(document_id: str, validation_percent: float) -> bool:
     """Whether a document belongs to validation: the first 8 hex digits of the
     SHA-1 of its id, as a fraction of 16^8, is below `validation_percent` / 100."""
-    return int(_hash(document_id)[:8], 16) < validation_percent / 100 * 16**8
+    return _position(document_id) < validation_percent / 100 * 16**8
+
+
+def split_of(document_id: str, validation_percent: float, test_percent: float = 0.0) -> str:
+    """`valid`, `test` or `train`: validation below `validation_percent` / 100 of
+    the hash range (as `is_validation`), test in the next `test_percent` / 100,
+    training above. A test split leaves validation and its documents unchanged."""
+    position = _position(document_id)
+    if position < validation_percent / 100 * 16**8:
+        return "valid"
+    if position < (validation_percent + test_percent) / 100 * 16**8:
+        return "test"
+    return "train"
 
 
 def _read(path: str) -> str:
@@ -152,43 +180,61 @@ class PreparedCorpus:
       directory: the cache directory.
       train_files: glob of the training documents (one file each).
       eval_files: glob of the validation documents.
-      manifest: counts (documents, characters, words) per split and source.
+      manifest: counts (documents, characters, words; UTF-8 bytes in caches
+        written since the test split exists) per split and source.
+      test_files: glob of the test documents (None: prepared without a test split).
     """
 
     directory: str
     train_files: str
     eval_files: str
     manifest: dict[str, Any]
+    test_files: Optional[str] = None
 
 
 def prepare(
     cache_dir: str,
     validation_percent: float = 5.0,
     sources: Sequence[Source] = DEFAULT_SOURCES,
+    test_percent: float = 0.0,
 ) -> PreparedCorpus:
-    """Writes the documents into `cache_dir` once, split into train and validation.
+    """Writes the documents into `cache_dir` once, split into train, validation (and test).
 
-    Layout: `<cache_dir>/train/<hash>.txt` and `<cache_dir>/valid/<hash>.txt`
-    (one document per file, the hash of its id as the name) and
-    `<cache_dir>/manifest.json`. A cache written with the same settings is
-    reused as it is; other settings are an error (delete the directory).
+    Layout: `<cache_dir>/train/<hash>.txt`, `<cache_dir>/valid/<hash>.txt`
+    and, with `test_percent`, `<cache_dir>/test/<hash>.txt` (one document per
+    file, the hash of its id as the name), and `<cache_dir>/manifest.json`. A
+    cache written with the same settings is reused as it is; other settings
+    are an error (delete the directory). A cache written before test splits
+    existed is the same as one written with `test_percent=0`.
+
+    Safe to call from several processes at once: they take turns under a lock
+    file next to the cache (`<cache_dir>.lock`); the first prepares, the
+    others find its cache.
 
     Args:
       cache_dir: where the documents go (created).
       validation_percent: share of the documents in validation, by hash.
       sources: the packages' documents (default: both packages).
+      test_percent: share of the documents in the test split, by hash (the
+        range after validation's, so validation does not change); 0: none.
 
     Returns:
       A `PreparedCorpus`.
 
     Raises:
       FileNotFoundError: the packages are not installed (see `find_documents`).
-      ValueError: `validation_percent` is not in (0, 100), or the cache holds
-        another preparation.
+      ValueError: a percentage is out of range, or the cache holds another
+        preparation.
     """
     if not 0 < validation_percent < 100:
         raise errors.ConfigError(
             f"validation_percent must be in (0, 100), got {validation_percent!r}"
+        )
+    if not (0 <= test_percent and validation_percent + test_percent < 100):
+        raise errors.ConfigError(
+            f"test_percent must be >= 0 and leave training documents "
+            f"(validation_percent + test_percent < 100), got test_percent={test_percent!r} "
+            f"with validation_percent={validation_percent!r}"
         )
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     settings = {
@@ -196,23 +242,57 @@ def prepare(
         "validation_percent": validation_percent,
         "sources": [dataclasses.asdict(s) | {"exclude": list(s.exclude)} for s in sources],
     }
-    manifest_path = os.path.join(cache_dir, _MANIFEST)
-    if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        if manifest.get("settings") != settings:
-            raise errors.ConfigError(
-                f"{cache_dir} holds a corpus prepared with {manifest.get('settings')}, not "
-                f"{settings}: delete it or choose another cache directory"
-            )
-        return _prepared(cache_dir, manifest)
+    if test_percent:
+        # Only when set, so that caches written before test splits stay valid.
+        settings["test_percent"] = test_percent
+    with _locked(cache_dir):
+        manifest = _read_manifest(cache_dir, settings)
+        if manifest is None:
+            manifest = _write(cache_dir, settings, sources, validation_percent, test_percent)
+    return _prepared(cache_dir, manifest)
 
-    documents = find_documents(sources)
+
+@contextlib.contextmanager
+def _locked(cache_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on `<cache_dir>.lock` (created; never deleted)."""
     os.makedirs(os.path.dirname(cache_dir) or ".", exist_ok=True)
+    with open(cache_dir + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_manifest(cache_dir: str, settings: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The manifest of a cache prepared with `settings`; None if there is none."""
+    manifest_path = os.path.join(cache_dir, _MANIFEST)
+    if not os.path.exists(manifest_path):
+        return None
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("settings") != settings:
+        raise errors.ConfigError(
+            f"{cache_dir} holds a corpus prepared with {manifest.get('settings')}, not "
+            f"{settings}: delete it or choose another cache directory"
+        )
+    return manifest
+
+
+def _write(
+    cache_dir: str,
+    settings: dict[str, Any],
+    sources: Sequence[Source],
+    validation_percent: float,
+    test_percent: float,
+) -> dict[str, Any]:
+    """Writes the cache (under the lock) and returns its manifest."""
+    documents = find_documents(sources)
     # Written into a temporary directory, then renamed: a crash never leaves
     # half a corpus that looks prepared.
     tmp = tempfile.mkdtemp(prefix=".prepare-", dir=os.path.dirname(cache_dir) or ".")
-    counts: dict[str, dict[str, dict[str, int]]] = {"train": {}, "valid": {}}
+    splits = ("train", "valid", "test") if test_percent else ("train", "valid")
+    counts: dict[str, dict[str, dict[str, int]]] = {split: {} for split in splits}
     try:
         for split in counts:
             os.makedirs(os.path.join(tmp, split))
@@ -220,14 +300,17 @@ def prepare(
             content = _read(path).strip()
             if not content:
                 continue
-            split = "valid" if is_validation(document_id, validation_percent) else "train"
+            split = split_of(document_id, validation_percent, test_percent)
             with open(os.path.join(tmp, split, _hash(document_id) + ".txt"), "w") as f:
                 f.write(content)
             source = document_id.split("/", 1)[0]
-            entry = counts[split].setdefault(source, {"documents": 0, "characters": 0, "words": 0})
+            entry = counts[split].setdefault(
+                source, {"documents": 0, "characters": 0, "words": 0, "bytes": 0}
+            )
             entry["documents"] += 1
             entry["characters"] += len(content)
             entry["words"] += len(content.split())
+            entry["bytes"] += len(content.encode("utf-8"))
         manifest = {"settings": settings, "counts": counts}
         with open(os.path.join(tmp, _MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -238,16 +321,60 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logging.info("Prepared %s: %s", cache_dir, json.dumps(counts, sort_keys=True))
-    return _prepared(cache_dir, manifest)
+    return manifest
 
 
 def _prepared(cache_dir: str, manifest: dict[str, Any]) -> PreparedCorpus:
+    has_test = "test" in manifest["counts"]
     return PreparedCorpus(
         directory=cache_dir,
         train_files=os.path.join(cache_dir, "train", "*.txt"),
         eval_files=os.path.join(cache_dir, "valid", "*.txt"),
         manifest=manifest,
+        test_files=os.path.join(cache_dir, "test", "*.txt") if has_test else None,
     )
+
+
+def split_files(
+    split: str,
+    cache_dir: str = DEFAULT_CACHE_DIR,
+    validation_percent: float = 5.0,
+    test_percent: float = 0.0,
+    sources: Sequence[Source] = DEFAULT_SOURCES,
+) -> str:
+    """The glob of one split's documents, preparing the cache first if needed.
+
+    For gin, where `TextCorpus`'s file patterns are bound to a reference that
+    is called each time the corpus is built (by every group's input function
+    and by evaluation), e.g.
+
+        TextCorpus.train_files = @train/tf_codistill.datasets.debian_docs.split_files()
+        train/tf_codistill.datasets.debian_docs.split_files.split = "train"
+
+    Args:
+      split: `train`, `valid` or `test`.
+      cache_dir, validation_percent, test_percent, sources: as `prepare`.
+
+    Returns:
+      A glob pattern of the split's files (one document each).
+
+    Raises:
+      ValueError: an unknown split, or `test` without `test_percent`.
+      FileNotFoundError: the packages are not installed.
+    """
+    if split not in SPLITS:
+        raise errors.ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "test" and not test_percent:
+        raise errors.ConfigError(
+            "the test split needs test_percent > 0 (the share of the documents held out "
+            "for testing), got test_percent=0"
+        )
+    prepared = prepare(cache_dir, validation_percent, sources, test_percent=test_percent)
+    return {
+        "train": prepared.train_files,
+        "valid": prepared.eval_files,
+        "test": prepared.test_files,
+    }[split]
 
 
 def text_corpus(
@@ -266,6 +393,7 @@ def text_corpus(
     return text.TextCorpus(
         train_files=prepared.train_files,
         eval_files=prepared.eval_files,
+        test_files=prepared.test_files,
         document_separator="file",
         tokenizer=tokenizer,
         target_vocab_size=target_vocab_size,

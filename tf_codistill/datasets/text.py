@@ -36,6 +36,17 @@ that input:
   reshuffled), so their mask is all ones; evaluation reads the validation
   documents in order, once, and pads the end of each stream, so every
   validation token (and each document's `EOD`) is a target exactly once.
+* **Evaluation pieces** (`lm_input_fn(eval_piece_tokens=...)`): instead of
+  whole documents, evaluation can read every n-th piece of P tokens of every
+  document (the piece taken shifts with the document's index, so openings
+  are not favoured), each preceded by up to C tokens of its document that
+  are inputs only (masked as targets): a fixed sample of the split that
+  spans all its documents, at a fraction of its cost. A piece that stops
+  before its document's end is followed by an input-only `EOD`, so the next
+  piece starts from the same boundary token as a document does.
+* **Splits**: training, validation (`eval_files`) and test (`test_files`);
+  `lm_input_fn(eval_split="test")` evaluates on the test documents, with
+  the same pieces, streams and batches as validation.
 
 `lm_input_fn` is the gin-configurable input function for
 `tf_codistill.train_lib.train_group`. Its batches are `(tokens, targets,
@@ -77,6 +88,7 @@ from tf_codistill.datasets import sharding
 __all__ = [
     "PAD_ID",
     "EOD_ID",
+    "EVAL_SPLITS",
     "TextCorpus",
     "lm_input_fn",
     "corpus_vocab_size",
@@ -90,6 +102,10 @@ _FIRST_ID = 2  # Ids below this are PAD and EOD.
 _NUM_BYTES = 256
 _VOCAB_FORMAT = "tf_codistill.text.vocab/1"
 _TOKENIZERS = ("subword", "bytes")
+EVAL_SPLITS = ("validation", "test")
+# Added to the id of a token that is an input only (the context before an
+# evaluation piece): never a target. Above any vocabulary.
+_INPUT_ONLY = 1 << 24
 _SEPARATORS = ("blank_line", "file")
 # A line holding only whitespace (or several) between two lines of text.
 _BLANK_LINES = r"\r?\n([ \t\f\v\r]*\r?\n)+"
@@ -130,6 +146,8 @@ class TextCorpus:
     Args:
       train_files: glob pattern(s) of the training text files.
       eval_files: glob pattern(s) of the validation text files.
+      test_files: glob pattern(s) of the test text files (held out: read
+        only by `lm_input_fn(eval_split="test")`).
       document_separator: `blank_line` (documents separated by lines holding
         only whitespace) or `file` (each file is one document). Files are read
         whole: split very large corpora into files of a few hundred MB at most.
@@ -140,6 +158,7 @@ class TextCorpus:
         or `~/tensorflow_datasets`).
       tfds_train_split: TFDS training split.
       tfds_eval_split: TFDS validation split (`lm1b` has `test` only).
+      tfds_test_split: TFDS test split.
       text_key: the TFDS feature holding the text.
       tokenizer: `subword` (word pieces) or `bytes`.
       target_vocab_size: approximate size of the subword encoder's vocabulary
@@ -162,6 +181,8 @@ class TextCorpus:
         tfds_data_dir: Optional[str] = None,
         tfds_train_split: str = "train",
         tfds_eval_split: str = "validation",
+        tfds_test_split: str = "test",
+        test_files: Union[None, str, Sequence[str]] = None,
         text_key: str = "text",
         tokenizer: str = "subword",
         target_vocab_size: int = 24005,
@@ -171,16 +192,18 @@ class TextCorpus:
     ):
         self.train_files = _as_list(train_files)
         self.eval_files = _as_list(eval_files)
+        self.test_files = _as_list(test_files)
         if bool(self.train_files) == bool(tfds_name):
             raise errors.ConfigError(
                 "TextCorpus needs exactly one source: train_files (local text files) or "
                 f"tfds_name (a TFDS dataset); got train_files={train_files!r}, "
                 f"tfds_name={tfds_name!r}"
             )
-        if self.eval_files and tfds_name:
+        if (self.eval_files or self.test_files) and tfds_name:
             raise errors.ConfigError(
-                f"eval_files={eval_files!r} is for local files; with tfds_name the "
-                "validation documents come from tfds_eval_split"
+                f"eval_files={eval_files!r} and test_files={test_files!r} are for local files; "
+                "with tfds_name the validation and test documents come from tfds_eval_split "
+                "and tfds_test_split"
             )
         if document_separator not in _SEPARATORS:
             raise errors.ConfigError(
@@ -205,6 +228,7 @@ class TextCorpus:
         self.tfds_data_dir = tfds_data_dir
         self.tfds_train_split = tfds_train_split
         self.tfds_eval_split = tfds_eval_split
+        self.tfds_test_split = tfds_test_split
         self.text_key = text_key
         self.tokenizer = tokenizer
         self.target_vocab_size = target_vocab_size
@@ -220,22 +244,27 @@ class TextCorpus:
         training: bool,
         context: Optional[sharding.DataContext] = None,
         max_documents: Optional[int] = None,
+        split: str = "validation",
     ) -> tf.data.Dataset:
         """Scalar-string documents, stripped of surrounding whitespace, non-empty.
 
         Args:
-          training: the training documents (else the validation ones).
+          training: the training documents (else `split`'s).
           context: restricts the documents to this group's shard (training) and
             this worker's share; None reads all of them, in order.
           max_documents: keep the first this many (before any sharding).
+          split: the evaluation split read when not `training`:
+            `validation` or `test`.
 
         Returns:
           A finite `tf.data.Dataset` of scalar `tf.string`, in storage order.
         """
+        if split not in EVAL_SPLITS:
+            raise errors.ConfigError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
         if self.tfds_name:
-            docs = self._tfds_documents(training, context)
+            docs = self._tfds_documents(training, context, split)
         else:
-            docs = self._file_documents(training)
+            docs = self._file_documents(training, split)
         docs = docs.map(tf.strings.strip).filter(lambda d: tf.strings.length(d) > 0)
         if max_documents is not None:
             docs = docs.take(max_documents)
@@ -245,16 +274,21 @@ class TextCorpus:
             docs = context.shard_workers(docs)  # The group's shard is in the split.
         return docs
 
-    def _file_documents(self, training: bool) -> tf.data.Dataset:
+    def _file_documents(self, training: bool, split: str = "validation") -> tf.data.Dataset:
         if training:
             files = _expand(self.train_files, "TextCorpus.train_files")
         else:
-            if not self.eval_files:
+            name, patterns = (
+                ("eval_files", self.eval_files)
+                if split == "validation"
+                else ("test_files", self.test_files)
+            )
+            if not patterns:
                 raise errors.ConfigError(
-                    "TextCorpus.eval_files is not set: give the validation text files "
-                    "(glob patterns) for evaluation"
+                    f"TextCorpus.{name} is not set: give the {split} text files "
+                    f"(glob patterns) for evaluation on the {split} split"
                 )
-            files = _expand(self.eval_files, "TextCorpus.eval_files")
+            files = _expand(patterns, f"TextCorpus.{name}")
         texts = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file)
         if self.document_separator == "file":
             return texts
@@ -268,11 +302,17 @@ class TextCorpus:
         )
 
     def _tfds_documents(
-        self, training: bool, context: Optional[sharding.DataContext]
+        self,
+        training: bool,
+        context: Optional[sharding.DataContext],
+        eval_split: str = "validation",
     ) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
-        split = self.tfds_train_split if training else self.tfds_eval_split
+        if training:
+            split = self.tfds_train_split
+        else:
+            split = self.tfds_eval_split if eval_split == "validation" else self.tfds_test_split
         if context is not None:
             split = context.tfds_split(split)  # This group's share (training only).
         shuffle = bool(context is not None and context.training)
@@ -622,12 +662,75 @@ def pack_streams(
     return elements.scan(initial, step).unbatch()
 
 
+def evaluation_pieces(
+    token_documents: tf.data.Dataset,
+    piece_tokens: int,
+    every: int = 1,
+    context_tokens: int = 0,
+) -> tf.data.Dataset:
+    """Every `every`-th piece of `piece_tokens` tokens of each document, with its context.
+
+    Document d's tokens (its final EOD included) are cut into pieces of
+    `piece_tokens` (the last one shorter); piece j is kept when
+    `(j + d) % every == 0`, so the kept pieces shift from one document to the
+    next instead of always being openings. Each kept piece comes with up to
+    `context_tokens` tokens of its document before it, marked input-only, and,
+    if it stops before the document's end, an input-only EOD after it (the
+    next piece of the stream starts after an EOD, as a document does).
+    Input-only tokens carry `_INPUT_ONLY` added to their id: `lm_input_fn`
+    removes it and masks them as targets.
+
+    Args:
+      token_documents: `[n]` int32 documents, each ending with EOD, in a fixed order.
+      piece_tokens: P, tokens per piece.
+      every: keep one piece in this many.
+      context_tokens: C, input-only tokens before each piece (e.g. the model's
+        context; 0 for none).
+
+    Returns:
+      A dataset of `[<= C + P + 1]` int32 segments, the last token of each an
+      EOD (real or input-only), ready for `pack_streams`.
+    """
+    for name, value, minimum in (
+        ("eval_piece_tokens", piece_tokens, 1),
+        ("eval_piece_every", every, 1),
+        ("eval_piece_context", context_tokens, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise errors.ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    input_only_eod = tf.constant([EOD_ID + _INPUT_ONLY], tf.int32)
+
+    def pieces(index, ids):
+        n = tf.size(ids)
+        count = (n + piece_tokens - 1) // piece_tokens
+        number = tf.range(count)
+        keep = tf.equal((number + tf.cast(index % every, tf.int32)) % every, 0)
+        starts = tf.boolean_mask(number * piece_tokens, keep)
+
+        def piece(start):
+            low = tf.maximum(start - context_tokens, 0)
+            high = tf.minimum(start + piece_tokens, n)
+            body = ids[low:high]
+            body = tf.where(tf.range(high - low) < start - low, body + _INPUT_ONLY, body)
+            tail = tf.cond(high < n, lambda: input_only_eod, lambda: tf.zeros([0], tf.int32))
+            return tf.concat([body, tail], axis=0)
+
+        return tf.data.Dataset.from_tensor_slices(starts).map(piece)
+
+    return token_documents.enumerate().flat_map(pieces)
+
+
 def lm_input_fn(
     context: sharding.DataContext,
     corpus: Optional[TextCorpus] = None,
     sequence_length: int = 32,
     max_eval_documents: Optional[int] = None,
     eval_batches: Optional[int] = None,
+    eval_split: str = "validation",
+    eval_piece_tokens: Optional[int] = None,
+    eval_piece_every: int = 1,
+    eval_piece_context: int = 0,
+    cache_eval: bool = False,
 ) -> tf.data.Dataset:
     """Language-model input function for `train_lib.train_group`.
 
@@ -644,6 +747,21 @@ def lm_input_fn(
         number: under a distribution strategy Keras needs the number of
         evaluation steps, and a validation set that ends before it stops
         all later evaluations of the run.
+      eval_split: `validation` (the corpus' `eval_files`) or `test`
+        (`test_files`): what evaluation reads (a study switches to `test`
+        to read its final numbers).
+      eval_piece_tokens: if set, evaluation reads pieces of this many tokens
+        sampled across all the documents (`evaluation_pieces`) instead of
+        whole documents: a fixed sample of the split that spans it.
+      eval_piece_every: with `eval_piece_tokens`, keep one piece in this many.
+      eval_piece_context: with `eval_piece_tokens`, tokens of each piece's
+        document before it given as inputs only (at least the model's
+        context - 1, so that no scored position sees another piece).
+      cache_eval: keep the evaluation batches in memory after the first
+        pass (they are the same at every evaluation), instead of reading,
+        tokenizing and packing the documents again each time. Only for
+        evaluations read to the end (`train_group.eval_steps` None): a pass
+        stopped early is not cached (tf.data warns and reads again).
 
     Returns:
       Batches `(tokens, targets, mask)`: `[B, sequence_length]` int32 inputs,
@@ -662,6 +780,8 @@ def lm_input_fn(
         raise errors.ConfigError(
             f"eval_batches must be None or an integer >= 1, got {eval_batches!r}"
         )
+    if eval_split not in EVAL_SPLITS:
+        raise errors.ConfigError(f"eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}")
     corpus = corpus or TextCorpus()
     if context.training:
         docs = corpus.documents(True, context)
@@ -669,9 +789,18 @@ def lm_input_fn(
             context.shuffle_buffer, seed=context.shuffle_seed, reshuffle_each_iteration=True
         ).repeat()
     else:
-        docs = corpus.documents(False, context, max_documents=max_eval_documents)
+        docs = corpus.documents(False, context, max_documents=max_eval_documents, split=eval_split)
     replicas = context.replicas_per_pipeline
     tokens = corpus.tokenize(docs).filter(lambda ids: tf.size(ids) > 1)
+    pieces = eval_piece_tokens is not None and not context.training
+    if eval_piece_tokens is not None:
+        # Built in training too: a bad setting fails at the start, not at the
+        # first evaluation.
+        segments = evaluation_pieces(
+            tokens, eval_piece_tokens, eval_piece_every, eval_piece_context
+        )
+        if pieces:
+            tokens = segments
     windows = pack_streams(
         tokens, replicas * context.batch_size, sequence_length, finite=not context.training
     )
@@ -696,9 +825,18 @@ def lm_input_fn(
     def split(window):
         inputs = tf.ensure_shape(window[:, :-1], shape)
         targets = tf.ensure_shape(window[:, 1:], shape)
-        return inputs, targets, tf.cast(tf.not_equal(targets, PAD_ID), tf.float32)
+        mask = tf.not_equal(targets, PAD_ID)
+        if pieces:
+            # Input-only tokens (a piece's context) are never targets.
+            mask &= targets < _INPUT_ONLY
+            inputs %= _INPUT_ONLY
+            targets %= _INPUT_ONLY
+        return inputs, targets, tf.cast(mask, tf.float32)
 
-    return windows.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = windows.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache_eval and not context.training:
+        batches = batches.cache()
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def corpus_vocab_size(corpus: Optional[TextCorpus] = None) -> int:
