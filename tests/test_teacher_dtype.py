@@ -158,3 +158,25 @@ def test_train_group_takes_it_from_gin(tmp_path, caplog):
     assert results["teacher_reloads"]["1"]["loaded"] >= 1
     assert "teacher_dtype bfloat16" in caplog.text
     assert "teacher_dtype = 'bfloat16'" in gin.operative_config_str()
+
+
+def test_lstm_clone_in_bfloat16(tmp_path):
+    # An LSTM's Orthogonal initializer has no bfloat16 kernel; a clone needs none.
+    def lstm(seed):
+        inputs = keras.Input((5,), dtype="int32")
+        h = keras.layers.Embedding(11, 4)(inputs)
+        h = keras.layers.LSTM(6, return_sequences=True)(h)
+        return keras.Model(inputs, keras.layers.Dense(11)(h))
+
+    keras.utils.set_random_seed(1)
+    peer = lstm(1)
+    _publish(peer, str(tmp_path), group=1, step=2)
+    from tf_codistill import codistill_model
+
+    model = codistill_model.CodistillModel(
+        lstm(0), group_index=0, num_groups=2, exchange_dir=str(tmp_path), teacher_dtype="bfloat16"
+    )
+    assert model.reload_teachers()[0].status == "loaded"
+    x = np.random.default_rng(0).integers(0, 11, size=(3, 5))
+    got = model.teachers[0](x).numpy().astype(np.float32)
+    np.testing.assert_allclose(got, peer(x).numpy(), atol=3e-2)

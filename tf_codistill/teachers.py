@@ -205,6 +205,12 @@ def resolve_builder(
             config = layer.get_config()
             if dtype is not None and not isinstance(layer, keras.Model):
                 config["dtype"] = dtype
+                # A teacher's initial values are never used (a slot is used
+                # only once a checkpoint was loaded into it), and some
+                # initializers have no half-precision kernel (Orthogonal's QR).
+                for key in config:
+                    if key.endswith("_initializer"):
+                        config[key] = "zeros"
             return layer.__class__.from_config(config)
 
         def clone():
@@ -236,6 +242,12 @@ def _in_precision(build: Callable[[], keras.Model], dtype: str) -> Callable[[], 
         keras.mixed_precision.set_global_policy(dtype)
         try:
             model = build()
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            raise errors.ConfigError(
+                f"cannot build the teachers in {dtype} ({errors.one_line(e)}); an "
+                "initializer without a kernel for it? Build them without teacher_builder "
+                "(a clone), or with initializers that support it"
+            ) from e
         finally:
             keras.mixed_precision.set_global_policy(previous)
         if isinstance(model, keras.Model):
