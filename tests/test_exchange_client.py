@@ -31,7 +31,11 @@ def test_publisher_and_staging_copy_stay_out_of_the_model_and_its_backups(tmp_pa
     assert model.exchange_client.publishing and model.exchange_client.peers == (1,)
     client = model.exchange_client
     # pylint: disable=protected-access
-    hidden = [client._publisher._step, *client._loaders[1].staging.weights]
+    # Background publishing: the publisher writes a snapshot, itself hidden.
+    publisher = client._publisher
+    assert isinstance(publisher, exchange.BackgroundPublisher)
+    snapshot = publisher._targets
+    hidden = [publisher._publisher._step, *snapshot, *client._loaders[1].staging.weights]
     assert not {v.ref() for v in hidden} & {v.ref() for v in model.weights}
     model.save_weights(str(tmp_path / "backup" / "w"))
     keys = [k for k, _ in tf.train.list_variables(str(tmp_path / "backup"))]

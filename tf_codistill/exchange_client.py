@@ -16,7 +16,7 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
 * a teacher that predicted NaN or Inf is dropped, and a refused checkpoint
   is not tried again (the peer's next one is).
 
-`ExchangeCallback` drives it through five calls (`start`, `exchange`, `poll`,
+`ExchangeCallback` drives it through six calls (`start`, `exchange`, `poll`, `check_publish`,
 `logs`, `finish`); `CodistillModel.fit` adds that callback by itself.
 """
 
