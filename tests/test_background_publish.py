@@ -78,7 +78,9 @@ def test_a_snapshot_of_another_architecture_is_refused(tmp_path):
 
 
 def test_fit_publishes_in_the_background_and_its_end_flushes(tmp_path):
-    model = testing.codistill_model(str(tmp_path), exchange_every_n_steps=2)
+    model = testing.codistill_model(
+        str(tmp_path), exchange_every_n_steps=2, background_publish=True
+    )
     assert model.exchange_client.background_publish
     x, y = testing.toy_classification(64)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -92,7 +94,9 @@ def test_fit_publishes_in_the_background_and_its_end_flushes(tmp_path):
 
 def test_mirrored_student_is_snapshotted(tmp_path):
     with testing.mirrored_strategy().scope():
-        model = testing.codistill_model(str(tmp_path), exchange_every_n_steps=2)
+        model = testing.codistill_model(
+            str(tmp_path), exchange_every_n_steps=2, background_publish=True
+        )
     x, y = testing.toy_classification(32)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     group_dir = exchange.group_dir(str(tmp_path), 0)

@@ -110,10 +110,12 @@ class CodistillModel(keras.Model):
       background_publish: at exchange boundaries, copy the student into a
         snapshot (one more copy of its variables, on the host) and write the
         checkpoint on a helper thread, so that publishing costs the step a
-        copy rather than a write (default). The files are the same; `fit`'s
-        end waits for the last write; a failed write stops `fit` after the
-        next step with the `ExchangeWriteError` a blocking write raises.
-        False writes at the boundary, blocking.
+        copy rather than a write. The files are the same; `fit`'s end
+        waits for the last write; a failed write stops `fit` after the next
+        step with the `ExchangeWriteError` a blocking write raises. Off by
+        default (writes at the boundary, blocking): on a loaded 2-core host
+        it did not lower the p99 step (docs/benchmarks.md); measure it where
+        the writer has a core of its own.
       **kwargs: passed to `tf_keras.Model`, e.g. `name`.
 
     Raises:
@@ -139,7 +141,7 @@ class CodistillModel(keras.Model):
         background_reload: Optional[bool] = None,
         peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
         teacher_dtype: Optional[str] = None,
-        background_publish: bool = True,
+        background_publish: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", "codistill")

@@ -225,7 +225,7 @@ def train_group(
     exchange_every_n_steps: int = 50,
     peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
     teacher_dtype: Optional[str] = None,
-    background_publish: bool = True,
+    background_publish: bool = False,
     max_staleness_steps: Optional[int] = None,
     checkpoints_to_keep: int = 5,
     wait_for_peers_s: float = 0.0,
