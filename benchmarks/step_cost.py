@@ -44,6 +44,15 @@ flags.DEFINE_integer("mlp_steps", 150, "Steps per timed epoch, MLP.")
 flags.DEFINE_integer("lstm_steps", 40, "Steps per timed epoch, LSTM LM.")
 flags.DEFINE_integer("reload_run_steps", 1000, "Steps of the run that reloads every 50 steps.")
 flags.DEFINE_list("workloads", ["mlp", "lstm"], "Which models to time.")
+flags.DEFINE_enum(
+    "mode",
+    "epochs",
+    ["epochs", "steps"],
+    "epochs: the interleaved-epoch comparison and reload runs below; steps: single steps "
+    "timed round-robin between variants (step_times), and p50/p99 with and without exchanges.",
+)
+flags.DEFINE_integer("rounds", 100, "--mode=steps: timed steps per variant (round-robin).")
+flags.DEFINE_integer("exchange_run_steps", 400, "--mode=steps: steps of each exchange run.")
 flags.DEFINE_string("json", None, "Write raw results here.")
 flags.DEFINE_string("markdown", None, "Write the tables here (e.g. docs/benchmarks.md).")
 FLAGS = flags.FLAGS
@@ -273,6 +282,250 @@ def time_reloads(workload, run_steps, background):
     }
 
 
+def cpu_flags():
+    """The host's CPU model and whether it has bf16 instructions (/proc/cpuinfo)."""
+    model, flags_ = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags_:
+                    flags_ = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "avx512_bf16": "avx512_bf16" in flags_,
+        "amx_bf16": "amx_bf16" in flags_,
+    }
+
+
+class StepVariant:
+    """One variant's single step, as a callable timed on its own.
+
+    Variants: `plain` (the student's tf_keras train step), `teacher-<dtype>`
+    (one teacher forward pass alone, in inference mode: the bound of what a
+    teacher adds), `teacherxla-<dtype>` (the same, XLA-compiled),
+    `codistill-1-<dtype>` (CodistillModel's train step with one peer, its
+    teacher in that precision). All on the same batch stream.
+    """
+
+    def __init__(self, name, workload, exchange_dir):
+        import tensorflow as tf
+        import tf_keras as keras
+
+        import tf_codistill
+        from tf_codistill import exchange
+        from tf_codistill import teachers
+
+        self.name = name
+        self.iterator = iter(data(workload))
+        adam = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        student = build("tf_keras", workload, 0)
+        kind, _, dtype = name.partition("-")
+        if kind == "plain":
+            student.compile(adam(), loss=loss)
+            self._fn = student.make_train_function()
+            self._call = lambda: self._fn(self.iterator)
+            return
+        if kind in ("teacher", "teacherxla"):
+            teacher_dtype = None if dtype == "float32" else dtype
+            teacher = teachers.resolve_builder(student, None, teacher_dtype)()
+            teacher.trainable = False
+            forward = tf.function(
+                lambda x: tf.cast(teacher(x, training=False), tf.float32),
+                jit_compile=kind == "teacherxla",
+            )
+            self._call = lambda: forward(next(self.iterator)[0])
+            return
+        dtype = dtype.split("-")[-1]  # codistill-1-<dtype>
+        exchange.Publisher(
+            build("tf_keras", workload, 1), exchange.group_dir(exchange_dir, 1)
+        ).publish(0)
+        model = tf_codistill.CodistillModel(
+            student,
+            group_index=0,
+            num_groups=2,
+            exchange_dir=exchange_dir,
+            burn_in_steps=0,
+            teacher_dtype=None if dtype == "float32" else dtype,
+        )
+        model.compile(adam(), loss=loss)
+        assert model.reload_teachers()[0].status == "loaded"
+        self._fn = model.make_train_function()
+        self._call = lambda: self._fn(self.iterator)
+
+    def step(self):
+        start = time.perf_counter()
+        self._call()  # On CPU a tf.function returns when its ops are done.
+        return time.perf_counter() - start
+
+
+def time_steps(workload, rounds, dtypes, xla=True):
+    """p50/p99 of single steps, the variants taking turns step by step."""
+    names = ["plain"]
+    for dtype in dtypes:
+        names += [f"teacher-{dtype}", f"codistill-1-{dtype}"]
+    if xla:  # The teacher forward alone, XLA-compiled: would compiling it pay?
+        names += [f"teacherxla-{dtype}" for dtype in dtypes]
+    variants = [StepVariant(n, workload, tempfile.mkdtemp()) for n in names]
+    for v in variants:  # Trace and warm up.
+        for _ in range(5):
+            v.step()
+    times = {n: [] for n in names}
+    for _ in range(rounds):
+        for v in variants:
+            times[v.name].append(v.step())
+    plain = statistics.median(times["plain"])
+    result = {}
+    for n, t in times.items():
+        t = np.asarray(t)
+        result[n] = {
+            "p50_ms": 1e3 * float(np.percentile(t, 50)),
+            "p99_ms": 1e3 * float(np.percentile(t, 99)),
+            "p50_over_plain": float(np.percentile(t, 50) / plain),
+        }
+    for dtype in dtypes:
+        overhead = result[f"codistill-1-{dtype}"]["p50_over_plain"] - 1
+        bound = result[f"teacher-{dtype}"]["p50_over_plain"]
+        result[f"codistill-1-{dtype}"]["overhead"] = overhead
+        result[f"codistill-1-{dtype}"]["over_bound"] = (1 + overhead) / (1 + bound)
+    return result
+
+
+def time_exchange_run(workload, run_steps, exchanges, background_publish=True):
+    """Per-step times of a one-peer run, with an exchange every 50 steps or none.
+
+    With exchanges, the group publishes its own checkpoint and reloads its
+    peer (background reads), the peer publishing just before each boundary
+    (its write not counted).
+    """
+    import tf_keras as keras
+
+    import tf_codistill
+    from tf_codistill import exchange
+
+    d = tempfile.mkdtemp()
+    publisher = exchange.Publisher(build("tf_keras", workload, 1), exchange.group_dir(d, 1))
+    publisher.publish(0)
+    model = tf_codistill.CodistillModel(
+        build("tf_keras", workload, 0),
+        group_index=0,
+        num_groups=2,
+        exchange_dir=d,
+        burn_in_steps=0,
+        exchange_every_n_steps=50 if exchanges else 10**9,
+        background_publish=background_publish,
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    timer = step_timer(keras.callbacks.Callback)
+
+    class PeerPublishes(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if exchanges and (step + 1) % 50 == 0:
+                start = time.perf_counter()
+                publisher.publish(10**6 + step)
+                timer.excluded += time.perf_counter() - start
+
+    dataset = data(workload)
+    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
+    timer.times.clear()
+    model.fit(
+        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
+    )
+    times = np.asarray(timer.times)
+    return {
+        "steps": len(times),
+        "p50_ms": 1e3 * float(np.percentile(times, 50)),
+        "p99_ms": 1e3 * float(np.percentile(times, 99)),
+        "max_ms": 1e3 * float(times.max()),
+        "reloads": model.reload_counts[1]["loaded"],
+    }
+
+
+def steps_markdown(results):
+    m = results["machine"]
+    lines = [
+        "## Single steps, round-robin (`benchmarks/step_cost.py --mode=steps`)",
+        "",
+        f"Machine: {m['cores']} vCPUs, {m['cpu']} (AVX512_BF16: "
+        f"{'yes' if m['avx512_bf16'] else 'no'}, AMX: {'yes' if m['amx_bf16'] else 'no'}), "
+        f"{m['gpus']} GPUs; TensorFlow {m['tensorflow']}. Measured {results['date']} with "
+        f"`python benchmarks/step_cost.py {results['args']}`, **on a shared, loaded machine "
+        f"(load average {results['load']:.1f} on {m['cores']} vCPUs at the start): indicative "
+        "only**.",
+        "",
+        "Each variant runs one step in turn (same process, same batch stream); p50 over "
+        "plain is the ratio of medians; *overhead* is codistill-1's p50 over plain minus 1; "
+        "*over bound* is codistill-1 / (plain + teacher forward).",
+        "",
+        "| workload | variant | p50 | p99 | p50 / plain | overhead | over bound |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, r in results["steps"].items():
+        for name, v in r.items():
+            lines.append(
+                f"| {workload} | {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | "
+                f"{v['p50_over_plain']:.3f}x | "
+                + (f"{v['overhead']:.3f} | {v['over_bound']:.3f}x |" if "overhead" in v else "| |")
+            )
+    lines += [
+        "",
+        "One peer, exchange every 50 steps (own publish + peer reload in the background) or "
+        "none; per-step times from `fit`:",
+        "",
+        "| workload | run | steps | reloads | p50 | p99 | max | p99 / p50 of the run "
+        "without exchanges |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, runs in results["exchange_runs"].items():
+        base = runs["no exchanges"]["p50_ms"]
+        for name, r in runs.items():
+            lines.append(
+                f"| {workload} | {name} | {r['steps']} | {r['reloads']} | {r['p50_ms']:.2f} ms | "
+                f"{r['p99_ms']:.2f} ms | {r['max_ms']:.2f} ms | {r['p99_ms'] / base:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def steps_main():
+    results = {
+        "machine": {**machine(), **cpu_flags()},
+        "date": time.strftime("%Y-%m-%d"),
+        "args": " ".join(sys.argv[1:]),
+        "load": os.getloadavg()[0],
+        "steps": {},
+        "exchange_runs": {},
+    }
+    for workload in FLAGS.workloads:
+        print(f"[{workload}] single steps, {FLAGS.rounds} rounds", flush=True)
+        results["steps"][workload] = time_steps(workload, FLAGS.rounds, ["float32", "bfloat16"])
+        print(json.dumps(results["steps"][workload]), flush=True)
+        runs = {}
+        for name, exchanges, background in (
+            ("no exchanges", False, True),
+            ("exchanges, blocking publish", True, False),
+            ("exchanges, background publish", True, True),
+        ):
+            steps = FLAGS.exchange_run_steps
+            runs[name] = time_exchange_run(workload, steps, exchanges, background)
+            print(name, json.dumps(runs[name]), flush=True)
+        results["exchange_runs"][workload] = runs
+    text = steps_markdown(results)
+    print(text)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if FLAGS.markdown:
+        write_markdown(FLAGS.markdown, text, STEPS_START, STEPS_END)
+
+
 def machine():
     import tensorflow as tf
 
@@ -336,6 +589,9 @@ def markdown(results):
 
 def main(argv):
     del argv
+    if FLAGS.mode == "steps":
+        steps_main()
+        return
     results = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -367,10 +623,12 @@ def main(argv):
 
 
 START, END = "<!-- step_cost.py: start -->", "<!-- step_cost.py: end -->"
+STEPS_START, STEPS_END = "<!-- step_cost.py steps: start -->", "<!-- step_cost.py steps: end -->"
 
 
-def write_markdown(path, text):
+def write_markdown(path, text, start=START, end=END):
     """Writes the tables between the markers, keeping what surrounds them (the analysis)."""
+    START, END = start, end  # noqa: N806
     block = f"{START}\n{text}{END}\n"
     try:
         with open(path) as f:
@@ -379,6 +637,8 @@ def write_markdown(path, text):
         old = ""
     if START in old and END in old:
         block = old[: old.index(START)] + block + old[old.index(END) + len(END) + 1 :]
+    elif old:
+        block = old.rstrip("\n") + "\n\n" + block  # Added after what is there.
     with open(path, "w") as f:
         f.write(block)
 

@@ -51,6 +51,9 @@ class RecordingClient:
     def poll(self):
         self.calls.append(("poll",))
 
+    def check_publish(self):
+        """Called after every step; records nothing (it would be every call)."""
+
     def logs(self, step):
         return {"teachers_in_use": 1.0}
 

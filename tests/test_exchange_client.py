@@ -26,12 +26,21 @@ def test_background_reads_by_default_in_single_process_groups_only():
             exchange_client.background_mode(True, strategy)
 
 
-def test_publisher_and_staging_copy_stay_out_of_the_model_and_its_backups(tmp_path):
-    model = _model(str(tmp_path / "run"))
+@pytest.mark.parametrize("background", [False, True])
+def test_publisher_and_staging_copy_stay_out_of_the_model_and_its_backups(tmp_path, background):
+    model = _model(str(tmp_path / "run"), background_publish=background)
     assert model.exchange_client.publishing and model.exchange_client.peers == (1,)
     client = model.exchange_client
     # pylint: disable=protected-access
-    hidden = [client._publisher._step, *client._loaders[1].staging.weights]
+    publisher = client._publisher
+    hidden = [*client._loaders[1].staging.weights]
+    if background:
+        # The publisher writes a snapshot, itself hidden.
+        assert isinstance(publisher, exchange.BackgroundPublisher)
+        hidden += [publisher._publisher._step, *publisher._targets]
+    else:
+        assert isinstance(publisher, exchange.Publisher)
+        hidden += [publisher._step]
     assert not {v.ref() for v in hidden} & {v.ref() for v in model.weights}
     model.save_weights(str(tmp_path / "backup" / "w"))
     keys = [k for k, _ in tf.train.list_variables(str(tmp_path / "backup"))]

@@ -143,6 +143,9 @@ class ExchangeCallback(StepCounting):
         self.client.start(self.step // self.every_n_steps, self.wait_for_peers_s, self.poll_s)
 
     def on_steps(self, previous_step, logs):
+        # A checkpoint written in the background that failed stops training
+        # here, one step after its exchange, with the error a blocking write gives.
+        self.client.check_publish()
         n = self.every_n_steps
         if self.crossed(previous_step, self.step, n):
             self._read_step()  # Exact, once per exchange.

@@ -98,6 +98,24 @@ class CodistillModel(keras.Model):
         `all_peers` (default: one teacher per peer), `random_peer` or
         `round_robin` (one teacher for any number of peers), or a
         `tf_codistill.peer_selection.PeerSelection`.
+      teacher_dtype: None (default: the teachers run in the student's
+        precision), "bfloat16" or "float16": the teachers keep their
+        variables and run their forward pass in that precision, which is
+        cheaper on hardware with fast bf16/fp16 (TPUs, GPUs, CPUs with
+        AVX512-BF16 or AMX) and halves the teachers' memory. Their logits
+        are cast back to the student's dtype, psi computed there; peers'
+        float32 checkpoints are read as they are (the published format does
+        not change) and cast when loaded into a teacher. The student trains
+        in its own precision.
+      background_publish: at exchange boundaries, copy the student into a
+        snapshot (one more copy of its variables, on the host) and write the
+        checkpoint on a helper thread, so that publishing costs the step a
+        copy rather than a write. The files are the same; `fit`'s end
+        waits for the last write; a failed write stops `fit` after the next
+        step with the `ExchangeWriteError` a blocking write raises. Off by
+        default (writes at the boundary, blocking): on a loaded 2-core host
+        it did not lower the p99 step (docs/benchmarks.md); measure it where
+        the writer has a core of its own.
       **kwargs: passed to `tf_keras.Model`, e.g. `name`.
 
     Raises:
@@ -122,6 +140,8 @@ class CodistillModel(keras.Model):
         max_staleness_steps: Optional[int] = None,
         background_reload: Optional[bool] = None,
         peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
+        teacher_dtype: Optional[str] = None,
+        background_publish: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", "codistill")
@@ -156,6 +176,8 @@ class CodistillModel(keras.Model):
             max_staleness_steps=max_staleness_steps,
             max_to_keep=max_checkpoints_to_keep,
             own_step=self._own_step,
+            teacher_dtype=teacher_dtype,
+            background_publish=background_publish,
         )
 
         # train_step/test_step return metric results, the same on every
@@ -175,7 +197,8 @@ class CodistillModel(keras.Model):
         self.built = True
         logging.info(
             "CodistillModel group %d of %d: peers %s (%r), exchange_dir %s, distill_loss %r, "
-            "distill_weight %r, exchange every %d steps, max_staleness_steps %s, publishing %s",
+            "distill_weight %r, exchange every %d steps, max_staleness_steps %s, publishing %s, "
+            "teacher_dtype %s",
             group_index,
             num_groups,
             list(self.exchange_client.peers),
@@ -186,6 +209,7 @@ class CodistillModel(keras.Model):
             self._exchange_every_n_steps,
             self.teacher_pool.max_staleness_steps,
             self.exchange_client.publishing,
+            teacher_dtype or "as the student",
         )
 
     # ------------------------------------------------------------------

@@ -64,12 +64,14 @@ from tf_codistill import errors
 from tf_codistill import layout
 
 __all__ = [
+    "BackgroundPublisher",
     "CHECKPOINT_NAME",
     "CheckpointMismatchError",
     "CheckpointRef",
     "ExchangeWriteError",
     "ModelSignature",
     "PeerCheckpointError",
+    "PublishFailed",
     "Publisher",
     "TeacherLoader",
     "checkpoint_prefix",
@@ -470,6 +472,116 @@ class Publisher:
                 pass
 
 
+class PublishFailed(Exception):
+    """A background write of `ckpt-<step>` failed; the cause is `__cause__`.
+
+    Attributes:
+      step: the step whose checkpoint was being written.
+    """
+
+    def __init__(self, step: int, cause: BaseException):
+        super().__init__(f"publishing step {step} failed: {errors.one_line(cause)}")
+        self.step = step
+        self.cause = cause
+
+
+class BackgroundPublisher:
+    """A `Publisher` whose writes run on a helper thread, off the training step.
+
+    `publish(step)` copies the student's variables into a *snapshot* (a model
+    of the same architecture with plain host variables: one copy per
+    variable, between two steps) and hands the snapshot to a `Publisher` on a
+    helper thread. Everything on disk is the `Publisher`'s: the same files,
+    keys and state file (the snapshot's checkpoint keys are checked to equal
+    the student's), a published step never written again, old checkpoints
+    unlisted before they are deleted, and a checkpoint listed in the state
+    file only after it is completely written, so a process killed mid-write
+    leaves nothing a reader loads.
+
+    At most one write is in flight: `publish` first waits for the previous
+    one (with an exchange every few dozen steps it is long finished).
+
+    Args:
+      model: the student.
+      snapshot: a model of the student's architecture with plain (host)
+        variables, created outside any strategy (`outside_strategy`).
+      directory: `layout.group_dir(exchange_dir, group_index)`.
+      max_to_keep: as for `Publisher`.
+
+    Raises:
+      errors.ConfigError: `snapshot` would not write the student's keys.
+    """
+
+    def __init__(self, model: tf.Module, snapshot: tf.Module, directory: str, max_to_keep: int = 5):
+        expected = outside_strategy(lambda: ModelSignature.of_model(model).expected)
+        got = outside_strategy(lambda: ModelSignature.of_model(snapshot).expected)
+        if expected != got or len(model.weights) != len(snapshot.weights):
+            raise errors.ConfigError(
+                "the snapshot model for background publishing does not match the student's "
+                "checkpoint keys (publish synchronously, or build teachers like the student)"
+            )
+        self._sources = list(model.weights)
+        self._targets = list(snapshot.weights)
+        self._publisher = Publisher(snapshot, directory, max_to_keep)
+        self.directory = directory
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tf_codistill_publish"
+        )
+        self._job: Optional[concurrent.futures.Future] = None
+        self._job_step = -1
+        self._requested: Optional[int] = self._publisher.last_published_step
+
+    @property
+    def last_published_step(self) -> Optional[int]:
+        """The last step given to `publish` (its write may still be running)."""
+        return self._requested
+
+    def is_published(self, step: int) -> bool:
+        """Whether the state file lists `ckpt-<step>` (after the write in flight, if any)."""
+        self.flush()
+        return self._publisher.is_published(step)
+
+    def publish(self, step: int) -> str:
+        """Snapshots the model as `ckpt-<step>` now; writes it on the helper thread.
+
+        Returns:
+          The checkpoint prefix that will be (or was) written.
+
+        Raises:
+          PublishFailed: the *previous* background write failed.
+        """
+        step = int(step)
+        self.flush()
+        if step == self._requested or self._publisher.is_published(step):
+            return self._publisher.publish(step)  # Never written again.
+        for target, source in zip(self._targets, self._sources, strict=True):
+            target.assign(source.read_value())
+        self._requested, self._job_step = step, step
+        self._job = self._executor.submit(self._publisher.publish, step)
+        return layout.checkpoint_prefix(self.directory, step)
+
+    def failed(self) -> bool:
+        """Whether a write has finished with an error not yet raised (no waiting)."""
+        job = self._job
+        return job is not None and job.done() and job.exception() is not None
+
+    def flush(self) -> None:
+        """Waits for the write in flight.
+
+        Raises:
+          PublishFailed: it failed (raised once; the next publish tries anew).
+        """
+        if self._job is None:
+            return
+        job, self._job = self._job, None
+        try:
+            job.result()
+        except (tf.errors.OpError, OSError) as e:
+            # The step was not published: a later publish of it may try again.
+            self._requested = self._publisher.last_published_step
+            raise PublishFailed(self._job_step, e) from e
+
+
 def restore_validated(
     model: tf.Module,
     ref: CheckpointRef,
@@ -628,7 +740,8 @@ class TeacherLoader:
         """Copies the staged values into `teacher` (after a successful `stage`).
 
         Inside a strategy scope the assignment reaches every replica of the
-        teacher's variables.
+        teacher's variables. A teacher in lower precision (`teacher_dtype`)
+        gets the values cast to its variables' dtype.
         """
         for target, source in zip(teacher.weights, self.staging.weights, strict=True):
-            target.assign(source.read_value())
+            target.assign(tf.cast(source.read_value(), target.dtype))

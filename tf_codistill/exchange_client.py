@@ -16,7 +16,7 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
 * a teacher that predicted NaN or Inf is dropped, and a refused checkpoint
   is not tried again (the peer's next one is).
 
-`ExchangeCallback` drives it through five calls (`start`, `exchange`, `poll`,
+`ExchangeCallback` drives it through six calls (`start`, `exchange`, `poll`, `check_publish`,
 `logs`, `finish`); `CodistillModel.fit` adds that callback by itself.
 """
 
@@ -76,12 +76,17 @@ def create(
     max_staleness_steps: Optional[int],
     max_to_keep: int,
     own_step: Callable[[], int],
+    teacher_dtype: Optional[str] = None,
+    background_publish: bool = False,
 ) -> tuple[teachers.TeacherPool, ExchangeClient]:
     """A group's teacher pool and the client that fills it (see `CodistillModel`).
 
     Call inside the strategy scope. The teachers are built first, then the
     client's staging copy, each with `teacher_builder` (or a clone of
-    `student`).
+    `student`); with `teacher_dtype` the teachers are built in that precision
+    (`teachers.resolve_builder`), the staging copy in the student's, so peers'
+    checkpoints are read as they were written and cast when written into a
+    teacher.
 
     Raises:
       errors.ConfigError, errors.ConfigTypeError: an inconsistent argument.
@@ -89,11 +94,12 @@ def create(
     if max_staleness_steps is not None:
         max_staleness_steps = errors.check_int("max_staleness_steps", max_staleness_steps, 0)
     max_to_keep = errors.check_int("max_checkpoints_to_keep", max_to_keep, minimum=1)
+    teacher_dtype = teachers.check_teacher_dtype(teacher_dtype)
     builder = teachers.resolve_builder(student, teacher_builder)
     background = background_mode(background_reload, tf.distribute.get_strategy()) and bool(peers)
     pool = teachers.TeacherPool(
         student,
-        builder,
+        teachers.resolve_builder(student, teacher_builder, teacher_dtype),
         slot_peers=peer_selection.check_selection(selection, peers, 0, group_index)
         if peers
         else (),
@@ -111,6 +117,7 @@ def create(
         background=background,
         max_to_keep=max_to_keep,
         own_step=own_step,
+        background_publish=background_publish,
     )
     return pool, client
 
@@ -246,6 +253,9 @@ class ExchangeClient:
         groups; see `background_mode`).
       max_to_keep: published checkpoints kept.
       own_step: returns the group's current train step (the optimizer's).
+      background_publish: at exchange boundaries, snapshot the student and
+        write its checkpoint on a helper thread (`exchange.BackgroundPublisher`);
+        a failed write is raised by `check_publish` after the next step.
     """
 
     def __init__(
@@ -261,6 +271,7 @@ class ExchangeClient:
         background: bool,
         max_to_keep: int,
         own_step: Callable[[], int],
+        background_publish: bool = False,
     ):
         self._pool = pool
         self._strategy = tf.distribute.get_strategy()
@@ -272,9 +283,11 @@ class ExchangeClient:
         self._publisher = None
         self._publications = 0
         if distribute.is_chief(self._strategy):
-            self._publisher = exchange.Publisher(
-                student, layout.group_dir(exchange_dir, group_index), max_to_keep=max_to_keep
-            )
+            directory = layout.group_dir(exchange_dir, group_index)
+            if background_publish:
+                self._publisher = _background_publisher(student, builder, directory, max_to_keep)
+            else:
+                self._publisher = exchange.Publisher(student, directory, max_to_keep=max_to_keep)
         self._outcomes = _Outcomes(group_index, self.peers)
         # Per peer: a checkpoint step that was refused (failed to load, or its
         # teacher predicted NaN/Inf); not loaded again.
@@ -311,6 +324,11 @@ class ExchangeClient:
         return peer_selection.check_selection(
             self.selection, self.peers, interval, self.group_index
         )
+
+    @property
+    def background_publish(self) -> bool:
+        """Whether checkpoints are written on a helper thread at exchange boundaries."""
+        return isinstance(self._publisher, exchange.BackgroundPublisher)
 
     @property
     def publishing(self) -> bool:
@@ -368,8 +386,12 @@ class ExchangeClient:
             )
 
     def exchange(self, interval: int) -> None:
-        """At an exchange boundary: publish, drop bad teachers, reload (blocking mode)."""
-        self.publish()
+        """At an exchange boundary: publish, drop bad teachers, reload (blocking mode).
+
+        With background publishing the checkpoint is written on a helper
+        thread while training goes on.
+        """
+        self.publish(wait=False)
         self.drop_nonfinite_teachers()
         self.set_interval(interval)
         if not self.background:
@@ -422,46 +444,76 @@ class ExchangeClient:
         if self.peers:
             self._assigned = self._select(max(0, int(interval)))
 
-    def publish(self) -> Optional[str]:
+    def publish(self, wait: bool = True) -> Optional[str]:
         """Publishes the student as `ckpt-<step>`; a no-op on non-chief workers.
+
+        Args:
+          wait: with background publishing, return only once the checkpoint
+            is written (False: it is written on a helper thread).
 
         Returns:
           The checkpoint prefix written, or None when this process does not publish.
 
         Raises:
-          ExchangeWriteError: the exchange directory cannot be written.
+          ExchangeWriteError: the exchange directory cannot be written (with
+            background publishing, possibly an earlier step's write).
         """
         if self._publisher is None:
             return None
         step = self._own_step()
-        if step != self._publisher.last_published_step and self._publisher.is_published(step):
-            # A restarted group going again through steps it published before.
-            logging.info(
-                "Group %d: step %d was published before this process started; kept as it is",
-                self.group_index,
-                step,
-            )
-            return self._publisher.publish(step)
         start = time.perf_counter()
         try:
+            if step != self._publisher.last_published_step and self._publisher.is_published(step):
+                # A restarted group going again through steps it published before.
+                logging.info(
+                    "Group %d: step %d was published before this process started; kept as it is",
+                    self.group_index,
+                    step,
+                )
+                return self._publisher.publish(step)
             path = self._publisher.publish(step)
-        except (tf.errors.OpError, OSError) as e:
-            # One line: train.py shows it as the reason the group stopped.
-            raise errors.ExchangeWriteError(
-                f"group {self.group_index} cannot publish step {step} into "
-                f"{self._publisher.directory}: {errors.one_line(e)}"
-            ) from e
+            if wait:
+                self._flush()
+        except (tf.errors.OpError, OSError, exchange.PublishFailed) as e:
+            raise self._write_error(step, e) from e
         # The first publication at INFO, the routine ones at verbosity 1.
         logging.vlog(
             0 if self._publications == 0 else 1,
-            "Group %d: published step %d to %s (%.3f s)",
+            "Group %d: published step %d to %s (%.3f s%s)",
             self.group_index,
             step,
             path,
             time.perf_counter() - start,
+            "" if wait or not self.background_publish else ", written in the background",
         )
         self._publications += 1
         return path
+
+    def _write_error(self, step: int, e: BaseException) -> errors.ExchangeWriteError:
+        # One line: train.py shows it as the reason the group stopped.
+        if isinstance(e, exchange.PublishFailed):
+            step, e = e.step, e.cause
+        return errors.ExchangeWriteError(
+            f"group {self.group_index} cannot publish step {step} into "
+            f"{self._publisher.directory}: {errors.one_line(e)}"
+        )
+
+    def _flush(self) -> None:
+        if isinstance(self._publisher, exchange.BackgroundPublisher):
+            self._publisher.flush()
+
+    def check_publish(self) -> None:
+        """Raises the error of a background write that failed; cheap, no waiting.
+
+        Raises:
+          ExchangeWriteError: as `publish` would have, naming the step.
+        """
+        publisher = self._publisher
+        if isinstance(publisher, exchange.BackgroundPublisher) and publisher.failed():
+            try:
+                publisher.flush()
+            except exchange.PublishFailed as e:
+                raise self._write_error(e.step, e) from e.cause
 
     def reload(self, raise_on_mismatch: bool = False) -> list[ReloadOutcome]:
         """Restores each slot's peer's latest checkpoint into the slot, now.
@@ -606,6 +658,18 @@ class ExchangeClient:
     def wait(self) -> list[ReloadOutcome]:
         """Finishes a running background read and switches to what it read."""
         return self._reads.wait() if self._reads else []
+
+
+def _background_publisher(student, builder, directory: str, max_to_keep: int):
+    """An `exchange.BackgroundPublisher` with a snapshot built like the student."""
+
+    def make_snapshot():
+        snapshot = builder()
+        teachers.build_like(snapshot, student)
+        return snapshot
+
+    snapshot = exchange.outside_strategy(make_snapshot)
+    return exchange.BackgroundPublisher(student, snapshot, directory, max_to_keep=max_to_keep)
 
 
 _PREFETCH_EXECUTOR: Optional[concurrent.futures.ThreadPoolExecutor] = None

@@ -36,11 +36,16 @@ from tf_codistill import errors
 __all__ = [
     "NONFINITE",
     "ReloadOutcome",
+    "TEACHER_DTYPES",
     "TeacherPool",
     "build_like",
     "check_student",
+    "check_teacher_dtype",
     "resolve_builder",
 ]
+
+# The precisions a teacher may run in besides the student's own (None).
+TEACHER_DTYPES = ("bfloat16", "float16")
 
 # The metric counting batches on which a teacher predicted NaN or Inf.
 NONFINITE = "nonfinite_teacher_batches"
@@ -148,38 +153,124 @@ def check_student(student) -> None:
         )
 
 
+def check_teacher_dtype(teacher_dtype) -> Optional[str]:
+    """`teacher_dtype` as a dtype name: None, "bfloat16" or "float16".
+
+    Raises:
+      errors.ConfigError: any other value.
+    """
+    if teacher_dtype is None:
+        return None
+    name = getattr(teacher_dtype, "name", teacher_dtype)
+    if name not in TEACHER_DTYPES:
+        raise errors.ConfigError(
+            f"teacher_dtype must be None (the student's precision), 'bfloat16' or 'float16', "
+            f"got {teacher_dtype!r}"
+        )
+    return name
+
+
 def resolve_builder(
-    student: keras.Model, teacher_builder: Optional[Callable[[], keras.Model]]
+    student: keras.Model,
+    teacher_builder: Optional[Callable[[], keras.Model]],
+    dtype: Optional[str] = None,
 ) -> Callable[[], keras.Model]:
     """The function that builds teachers (and staging copies) for `student`.
 
+    Args:
+      student: the built student.
+      teacher_builder: builds a model of the student's architecture, or None
+        to clone a functional/Sequential student.
+      dtype: None, or "bfloat16"/"float16" (`check_teacher_dtype`): the built
+        models compute *and keep their variables* in that precision (Keras
+        dtype policy of that name), whatever the student's. A clone gets it
+        layer by layer; a `teacher_builder` is called with it as the global
+        dtype policy, so its layers must not fix their own dtype.
+
     Raises:
       errors.ConfigTypeError: `teacher_builder` is not callable.
-      errors.ConfigError: no builder for a subclassed student, which cannot be cloned.
+      errors.ConfigError: no builder for a subclassed student, which cannot be
+        cloned; or (when called) a model with layers not in `dtype`.
     """
     if teacher_builder is not None:
         if not callable(teacher_builder):
             raise errors.ConfigTypeError(
                 f"teacher_builder must be callable, got {teacher_builder!r}"
             )
-        return teacher_builder
+        return teacher_builder if dtype is None else _in_precision(teacher_builder, dtype)
     if _is_graph_network(student):
+
+        def clone_function(layer):
+            # clone_model's own default, with the layer's dtype policy replaced.
+            config = layer.get_config()
+            if dtype is not None and not isinstance(layer, keras.Model):
+                config["dtype"] = dtype
+                # A teacher's initial values are never used (a slot is used
+                # only once a checkpoint was loaded into it), and some
+                # initializers have no half-precision kernel (Orthogonal's QR).
+                for key in config:
+                    if key.endswith("_initializer"):
+                        config[key] = "zeros"
+            return layer.__class__.from_config(config)
 
         def clone():
             try:
-                return keras.models.clone_model(student)
+                return keras.models.clone_model(student, clone_function=clone_function)
             except Exception as e:
                 raise errors.ConfigError(
                     f"cannot clone student {student.name!r} to build teachers ({e}); "
                     "pass teacher_builder=<function returning a new model>"
                 ) from e
 
-        return clone
+        return clone if dtype is None else _in_precision(clone, dtype)
     raise errors.ConfigError(
         f"student {student.name!r} is a subclassed model, which cannot be cloned; "
         "pass teacher_builder=<zero-argument function returning a new model of the "
         "same architecture>"
     )
+
+
+def _in_precision(build: Callable[[], keras.Model], dtype: str) -> Callable[[], keras.Model]:
+    """`build` called with Keras' global dtype policy set to `dtype`, checked.
+
+    The global policy is process-wide: models are built on the thread that
+    creates the `CodistillModel`, one at a time.
+    """
+
+    def build_in_precision():
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(dtype)
+        try:
+            model = build()
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            raise errors.ConfigError(
+                f"cannot build the teachers in {dtype} ({errors.one_line(e)}); an "
+                "initializer without a kernel for it? Build them without teacher_builder "
+                "(a clone), or with initializers that support it"
+            ) from e
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        if isinstance(model, keras.Model):
+            other = sorted(
+                {
+                    f"{layer.name} ({layer.compute_dtype})"
+                    for layer in model.submodules
+                    if isinstance(layer, keras.layers.Layer)
+                    and not isinstance(layer, (keras.Model, keras.layers.InputLayer))
+                    and layer.weights
+                    and layer.compute_dtype != dtype
+                }
+            )
+            if other:
+                raise errors.ConfigError(
+                    f"teacher_dtype={dtype!r}: the teacher's layers {', '.join(other[:5])} "
+                    "do not compute in it (a layer created with an explicit dtype, or a "
+                    "nested model clone_model keeps as it is); pass a teacher_builder whose "
+                    "layers take the global dtype policy"
+                )
+        return model
+
+    return build_in_precision
 
 
 def _mirrored_vector(values, dtype, name: str) -> tf.Variable:

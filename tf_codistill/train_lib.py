@@ -224,6 +224,8 @@ def train_group(
     burn_in_steps: Optional[int] = None,
     exchange_every_n_steps: int = 50,
     peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
+    teacher_dtype: Optional[str] = None,
+    background_publish: bool = False,
     max_staleness_steps: Optional[int] = None,
     checkpoints_to_keep: int = 5,
     wait_for_peers_s: float = 0.0,
@@ -274,6 +276,10 @@ def train_group(
         interval: `all_peers` (None, the paper), `random_peer`, `round_robin`
         or a `tf_codistill.peer_selection.PeerSelection` (in gin,
         `@tf_codistill.peer_selection.RandomPeer()`).
+      teacher_dtype: None (the student's precision), "bfloat16" or "float16":
+        the precision the teachers run in (`CodistillModel`'s argument).
+      background_publish: write the group's checkpoints on a helper thread
+        from a snapshot taken at the exchange (`CodistillModel`'s argument).
       max_staleness_steps: teachers older than this are left out.
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
@@ -342,6 +348,8 @@ def train_group(
             burn_in_steps=burn_in_steps,
             exchange_every_n_steps=exchange_every_n_steps,
             peer_selection=peer_selection,
+            teacher_dtype=teacher_dtype,
+            background_publish=background_publish,
             peer_indices=None if codistill else [],
             teacher_builder=model_fn,
             max_checkpoints_to_keep=checkpoints_to_keep,
