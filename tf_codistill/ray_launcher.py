@@ -144,7 +144,7 @@ def train_worker(config: dict[str, Any]) -> None:
     `TensorflowTrainer` has set `TF_CONFIG` (all the group's workers, this
     one's index) before this runs.
     """
-    # Imported here: the actor loads TensorFlow, the driver need not.
+    # Imported here: the training code runs in the actor, not in the driver.
     from tf_codistill import distribute
     from tf_codistill import gin_utils
     from tf_codistill import train_lib
