@@ -53,11 +53,16 @@ setup(
         "plots": ["matplotlib>=3.8"],
         # The MNIST-1D workload (tf_codistill.datasets.mnist1d) generates its data with it.
         "mnist1d": ["mnist1d>=0.0.2,<0.1"],
+        # binaries/launch_ray.py (tf_codistill.ray_launcher; nothing else imports
+        # Ray). Only the version tested here: Ray Train's APIs move between
+        # minor releases.
+        "ray": ["ray[train]>=2.60,<2.61"],
     },
     entry_points={
         "console_scripts": [
             "tf-codistill-train=tf_codistill_binaries.train:run",
             "tf-codistill-launch-local=tf_codistill_binaries.launch_local:run",
+            "tf-codistill-launch-ray=tf_codistill_binaries.launch_ray:run",
             "tf-codistill-evaluate=tf_codistill_binaries.evaluate:run",
             "tf-codistill-churn=tf_codistill_binaries.churn:run",
         ]

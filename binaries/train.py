@@ -8,12 +8,15 @@ experiment is (model, data, optimiser, codistillation settings):
 
 Start one such process per group (and per worker, with TF_CONFIG set, under
 --strategy=multi_worker_mirrored); all groups of a run share --root_dir.
-binaries/launch_local.py does that on one machine.
+binaries/launch_local.py does that on one machine, binaries/launch_ray.py on a
+Ray cluster. On Slurm or Kubernetes, --cluster=slurm|kubernetes derives
+TF_CONFIG from the scheduler's environment (docs/cluster.md).
 """
 
 from absl import flags
 
 from tf_codistill import app
+from tf_codistill import cluster_env
 from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import gin_utils
@@ -31,6 +34,13 @@ flags.DEFINE_enum(
     "tf.distribute strategy of the group (multi_worker_mirrored reads TF_CONFIG).",
 )
 flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
+flags.DEFINE_enum(
+    "cluster",
+    None,
+    list(cluster_env.CLUSTERS),
+    "Derive TF_CONFIG from this cluster manager's environment (a Slurm job step, a "
+    "Kubernetes Indexed Job pod) before creating the strategy.",
+)
 flags.mark_flag_as_required("root_dir")
 
 FLAGS = flags.FLAGS
@@ -47,8 +57,14 @@ def main(argv):
     if not FLAGS.gin_file:
         raise errors.ConfigError("give at least one --gin_file (e.g. demo/codistill.gin)")
     gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+    if FLAGS.cluster:
+        cluster_env.configure(FLAGS.cluster, FLAGS.group_index)
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
     train_lib.train_group(FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy)
+    if distribute.num_workers(strategy) > 1:
+        # train_group returns when every worker of the group is done; the
+        # workers leave together, without seconds of teardown each.
+        app.exit_now(0)
 
 
 def run():

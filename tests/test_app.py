@@ -55,3 +55,21 @@ def test_binaries_and_benchmarks_do_not_edit_sys_path():
     for path in sources:
         with open(path) as f:
             assert "sys.path" not in f.read(), path
+
+
+def test_exit_now_flushes_the_output_and_skips_the_teardown():
+    code = (
+        "import atexit, sys\n"
+        "from absl import logging\n"
+        "from tf_codistill import app\n"
+        "atexit.register(lambda: print('teardown ran', flush=True))\n"
+        "logging.set_verbosity(logging.INFO)\n"
+        "logging.info('logged line')\n"
+        "print('printed line', end='')\n"
+        "app.exit_now(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3
+    assert result.stdout == "printed line" and "logged line" in result.stderr

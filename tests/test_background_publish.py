@@ -112,10 +112,10 @@ class _FailingPublish:
     def __init__(self, publish, step):
         self.publish, self.step = publish, step
 
-    def __call__(self, step):
+    def __call__(self, step, wait=False):
         if step == self.step:
             raise tf.errors.ResourceExhaustedError(None, None, "ckpt-4_temp: No space left")
-        return self.publish(step)
+        return self.publish(step, wait)
 
 
 @pytest.mark.parametrize("background", [False, True])

@@ -204,6 +204,11 @@ class ChiefTest(tf.test.TestCase):
         self.assertFalse(distribute.is_chief(strategy("worker", 0, with_chief)))
 
 
+def test_barrier_is_a_no_op_in_a_single_process_group():
+    assert distribute.barrier(tf.distribute.get_strategy()) is None
+    assert distribute.barrier(testing.mirrored_strategy()) is None
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf.test.main()

@@ -19,6 +19,7 @@ def test_paths_of_a_group():
     assert layout.tensorboard_dir(group) == "/runs/r1/group_3/tensorboard"
     assert layout.backup_dir(group) == "/runs/r1/group_3/backup"
     assert layout.eval_dir("/runs/r1/") == "/runs/r1/eval"
+    assert layout.ray_dir("gs://b/r1/") == "gs://b/r1/ray"
 
 
 def test_names_are_parsed_back():

@@ -6,12 +6,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import local_cluster
 from tf_codistill import testing
 from tf_codistill.datasets import synthetic
 from tf_codistill.models import mlp
@@ -21,6 +23,10 @@ pytestmark = pytest.mark.slow
 
 RELOAD = re.compile(r"^\[(g\d)(w\d)\] .*Group \d: teacher for peer (\d) <- step (\d+)")
 BUILT = re.compile(r"^\[(g\d)(w\d)\] .*CodistillModel group \d of \d: .*publishing (True|False)")
+# What TensorFlow's coordination service logs when a worker leaves before the others.
+COORDINATION_ERRORS = re.compile(
+    r"have crashed|CoordinationServiceError|Failed to send RPC to coordination service"
+)
 
 
 def test_two_groups_of_two_workers(tmp_path):
@@ -43,6 +49,7 @@ def test_two_groups_of_two_workers(tmp_path):
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
+    assert not COORDINATION_ERRORS.search(out), out[-6000:]
     lines = out.splitlines()
 
     # Only the chiefs (worker 0) publish.
@@ -91,3 +98,65 @@ def test_two_groups_of_two_workers(tmp_path):
         np.testing.assert_allclose(
             metrics["final"]["val_task_loss"], float(np.mean(loss)), rtol=1e-4
         )
+
+
+# One worker of a group of two; the chief sleeps at the very end of training
+# (after its last file write), longer than the coordination service's 10 s
+# heartbeat timeout. With END_MODE=crash, worker 1 dies instead of waiting.
+_SLOW_END_WORKER = """
+import json, os, sys, time
+from tf_codistill import distribute, testing, train_lib
+train = testing.load_binary("train")
+chief = json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0
+write_config, writes = train_lib._write_operative_config, []
+def slow_write(group_dir):
+    write_config(group_dir)
+    writes.append(group_dir)
+    if len(writes) == 2:  # The last one, after training.
+        time.sleep(12)
+train_lib._write_operative_config = slow_write
+if os.environ["END_MODE"] == "crash" and not chief:
+    distribute.barrier = lambda strategy=None: os._exit(3)
+sys.argv = ["train.py", *sys.argv[1:]]
+train.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["clean", "crash"])
+def test_the_workers_of_a_group_end_together_and_a_crash_at_the_end_is_reported(tmp_path, mode):
+    bindings = dict(train_steps=20, steps_per_loop=20, wait_for_peers_s=0.0)
+    argv = drills.train_command(
+        str(tmp_path), 0, 1, bindings, extra_flags=("--strategy=multi_worker_mirrored",)
+    )
+    ports = local_cluster.free_ports(2)
+    tasks = [
+        local_cluster.Task(
+            f"w{w}",
+            [sys.executable, "-c", _SLOW_END_WORKER, *argv[2:]],
+            {"TF_CONFIG": local_cluster.tf_config(ports, w), "END_MODE": mode},
+        )
+        for w in range(2)
+    ]
+    log = drills.OutputLog()
+    with local_cluster.LocalCluster(tasks, write=log, grace_s=5) as cluster:
+        cluster.start()
+        ended = {}
+        deadline = time.time() + 240
+        while len(ended) < 2 and time.time() < deadline:
+            for name, process in cluster.processes.items():
+                if name not in ended and process.poll() is not None:
+                    ended[name] = (process.returncode, time.time())
+            time.sleep(0.1)
+        cluster.wait(timeout_s=5)
+    out = "\n".join(log.lines("w0") + log.lines("w1"))
+    assert len(ended) == 2, out[-3000:]
+    if mode == "clean":
+        # Worker 1 waited for the chief's 12 s and left with it: no error
+        # logged, both done at once.
+        assert {w: code for w, (code, _) in ended.items()} == {"w0": 0, "w1": 0}, out[-3000:]
+        assert not COORDINATION_ERRORS.search(out), out[-3000:]
+        assert abs(ended["w0"][1] - ended["w1"][1]) < 8, ended
+    else:
+        # Worker 1 died before the end; the chief's last collective fails.
+        assert ended["w1"][0] == 3, out[-3000:]
+        assert ended["w0"][0] not in (0, None), out[-3000:]

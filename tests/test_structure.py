@@ -83,3 +83,21 @@ def test_every_library_module_has_a_test_module():
         if not os.path.exists(os.path.join(ROOT, "tests", test)):
             missing.append(f"{name}: tests/{test}")
     assert not missing, missing
+
+
+def test_only_the_ray_launcher_imports_ray():
+    # Ray is an optional extra: the core package must import without it.
+    importers = set()
+    for name, path in _modules().items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.add(name)
+    assert importers == {"tf_codistill.ray_launcher"}, importers

@@ -25,6 +25,7 @@ __all__ = [
     "num_workers",
     "worker_index",
     "agree_min",
+    "barrier",
 ]
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
@@ -143,6 +144,17 @@ def agree_min(
     if num_workers(strategy) == 1 or local.size == 0:
         return local
     return _min_over_replicas_fn(strategy)(tf.constant(local)).numpy()
+
+
+def barrier(strategy: Optional[tf.distribute.Strategy] = None) -> None:
+    """Returns once every worker of the group has called it; a no-op with one worker.
+
+    A collective (`agree_min` of nothing in particular): every worker must
+    call it at the same point. If a worker has died, it fails as any
+    collective does (`tf.errors.UnavailableError` once the coordination
+    service notices, about 10 s later).
+    """
+    agree_min([1], strategy)
 
 
 _MIN_FNS: dict = {}

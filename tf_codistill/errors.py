@@ -24,6 +24,7 @@ import re
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
+    "CheckpointNotReadyError",
     "ConfigError",
     "ConfigTypeError",
     "DataNotFoundError",
@@ -85,6 +86,16 @@ PeerCheckpointError = CheckpointError
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose variables are not this model's (names, shapes, dtypes)."""
+
+
+class CheckpointNotReadyError(CheckpointError):
+    """A checkpoint some of whose files cannot be seen now: the reader retries it.
+
+    Not yet visible (an object store may list or serve a new object a little
+    later than its writer finished it), or no longer (deleted by the writer's
+    cleanup after a newer one was published). Unlike the other
+    `CheckpointError`s, this says nothing against the checkpoint itself.
+    """
 
 
 class ExchangeWriteError(Error, RuntimeError):

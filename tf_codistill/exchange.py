@@ -30,15 +30,21 @@ saving, cleaning up, crashing or misconfigured while we read:
 4. only then does `TeacherLoader.write` copy the staging values into the teacher.
 
 A failure at any stage raises `PeerCheckpointError` with the reason and leaves
-the teacher exactly as it was. Peers' checkpoints are read as tensors only:
-nothing is unpickled, deserialised as a Keras model or executed. Steps 2-3
-are `restore_validated`, which evaluation uses too (without the checks a
-peer's files need and a run's own do not: sizes, finiteness, the step).
+the teacher exactly as it was. A checkpoint whose files cannot be seen now
+(not visible yet on an object store, or deleted by the writer's cleanup)
+raises its subclass `CheckpointNotReadyError`: the reader keeps its teacher
+and tries again later, where other failures refuse that checkpoint for good.
+Peers' checkpoints are read as tensors only: nothing is unpickled,
+deserialised as a Keras model or executed. Steps 2-3 are `restore_validated`,
+which evaluation uses too (without the checks a peer's files need and a run's
+own do not: sizes, finiteness, the step).
 
 This module is the exchange *medium*: `Publisher` writes a group's
-checkpoints, `latest_checkpoint` and `TeacherLoader` read a peer's. Another
-medium (an object store without atomic renames, a parameter service) would
-provide the same three and be chosen in `exchange_client.ExchangeClient`.
+checkpoints, `latest_checkpoint` and `TeacherLoader` read a peer's. The same
+medium works on a filesystem and on an object store (`gs://`): `storage.py`
+says how each writes, and docs/fault_tolerance.md what a reader may see on
+each. Another medium (a parameter service) would provide the same three and
+be chosen in `exchange_client.ExchangeClient`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging as std_logging
+import math
 import posixpath
 import re
 import threading
@@ -62,11 +69,13 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_codistill import errors
 from tf_codistill import layout
+from tf_codistill import storage
 
 __all__ = [
     "BackgroundPublisher",
     "CHECKPOINT_NAME",
     "CheckpointMismatchError",
+    "CheckpointNotReadyError",
     "CheckpointRef",
     "ExchangeWriteError",
     "ModelSignature",
@@ -88,6 +97,7 @@ group_dir = layout.group_dir
 checkpoint_prefix = layout.checkpoint_prefix
 PeerCheckpointError = errors.PeerCheckpointError
 CheckpointMismatchError = errors.CheckpointMismatchError
+CheckpointNotReadyError = errors.CheckpointNotReadyError
 ExchangeWriteError = errors.ExchangeWriteError
 
 _STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
@@ -228,9 +238,9 @@ def latest_checkpoint(directory: str) -> Optional[CheckpointRef]:
     try:
         version = tf.io.gfile.stat(prefix + ".index").mtime_nsec
     except tf.errors.NotFoundError as e:
-        raise PeerCheckpointError(
+        raise CheckpointNotReadyError(
             f"{state_path} names {name} but {name}.index is missing "
-            "(deleted by the writer's cleanup, or not written completely)"
+            "(deleted by the writer's cleanup, or not visible yet)"
         ) from e
     except tf.errors.OpError as e:
         raise PeerCheckpointError(f"cannot stat {prefix}.index: {e.message}") from e
@@ -335,12 +345,24 @@ class Publisher:
     """Publishes a group's student as numbered, student-only checkpoints.
 
     Public TensorFlow APIs only: `tf.train.Checkpoint.write` writes each
-    checkpoint (to temporary names, then renamed: a reader never sees half of
-    one), and the state file is TensorFlow's own format
+    checkpoint, and the state file is TensorFlow's own format
     (`tf.compat.v1.train.generate_checkpoint_state_proto`), so
     `tf.train.latest_checkpoint` and `tf.train.get_checkpoint_state` read it.
-    Every publication writes the state file exactly once (to a temporary
-    name, then renamed), listing the kept checkpoints by their relative names.
+    Every publication writes the state file exactly once, last, listing the
+    kept checkpoints by their relative names: it names only checkpoints whose
+    files are all written.
+
+    How files are written depends on the store (`storage.store_for`). On a
+    filesystem, `Checkpoint.write` writes the checkpoint in place (temporary
+    names, then renamed) and the state file is written to a temporary name,
+    then renamed: a reader never sees half of either. An object store has no
+    rename (TensorFlow's GCS filesystem copies, then deletes), so there the
+    checkpoint is written to TensorFlow's in-memory filesystem and each file
+    uploaded once under its final name, data before index, and the state file
+    is uploaded whole, once; every object is written once per publication.
+    Writes to one object are rate-limited there (GCS: about one per second),
+    so a publication less than `min_write_interval_s` after the previous one
+    is skipped (peers take the next one) unless asked to wait.
 
     Args:
       model: the student.
@@ -364,10 +386,12 @@ class Publisher:
             return step, checkpoint
 
         self._step, self._checkpoint = outside_strategy(make)
+        self._store = storage.store_for(directory)
         # (step, timestamp) of the kept checkpoints, oldest first.
         self._kept: list[tuple[int, float]] = self._read_kept()
         self._started = time.time()
         self._last_published: Optional[int] = None
+        self._last_state_write = -math.inf  # On the store's clock.
 
     def _read_kept(self) -> list[tuple[int, float]]:
         """The checkpoints of this directory its state file lists (a restarted group's).
@@ -407,7 +431,7 @@ class Publisher:
         """Whether `ckpt-<step>` is one of the checkpoints the state file lists."""
         return any(s == int(step) for s, _ in self._kept)
 
-    def publish(self, step: int) -> str:
+    def publish(self, step: int, wait: bool = False) -> Optional[str]:
         """Saves the model as `ckpt-<step>`; a published step is never saved again.
 
         A group restarted from its backup trains again through steps it had
@@ -419,9 +443,19 @@ class Publisher:
 
         Old checkpoints beyond `max_to_keep` are unlisted first (the state
         file is written without them) and deleted after, so a reader can lose
-        a checkpoint it was reading (refused, like any vanished checkpoint)
+        a checkpoint it was reading (retried, like any checkpoint not visible)
         but never finds one listed that is gone, even if this process is
         killed in between. (TensorFlow's `CheckpointManager` deletes first.)
+
+        Args:
+          step: the group's train step.
+          wait: on a store that rate-limits writes, wait until the state file
+            may be written again rather than skip this publication (the last
+            one of training).
+
+        Returns:
+          The checkpoint's prefix; None when the publication was skipped
+          (less than `min_write_interval_s` after the previous one).
 
         Raises:
           tf.errors.OpError: the directory cannot be written.
@@ -431,11 +465,18 @@ class Publisher:
         if step == self._last_published or self.is_published(step):
             self._last_published = step
             return prefix
+        wait_s = self._store.min_write_interval_s - (self._store.clock() - self._last_state_write)
+        if wait_s > 0:
+            if not wait:
+                return None
+            time.sleep(wait_s)
 
         def save():
             self._step.assign(step)
             self._checkpoint.save_counter.assign_add(1)
-            return self._checkpoint.write(prefix)
+            if self._store.atomic_rename:
+                return self._checkpoint.write(prefix)
+            return self._upload(prefix)
 
         path = outside_strategy(save)
         self._last_published = step
@@ -447,8 +488,24 @@ class Publisher:
             self._delete(layout.checkpoint_prefix(self.directory, old_step))
         return path
 
+    def _upload(self, prefix: str) -> str:
+        """Writes the checkpoint in memory, then uploads its files: data first, index last.
+
+        For stores without rename. `Checkpoint.write` would write temporary
+        names and rename them (on GCS: copy every byte again, then delete).
+        """
+        staging = f"ram://tf_codistill_publish/{uuid.uuid4().hex}"
+        written = self._checkpoint.write(posixpath.join(staging, posixpath.basename(prefix)))
+        try:
+            data = sorted(tf.io.gfile.glob(written + ".data-*"))
+            for source in [*data, written + ".index"]:
+                self._store.upload(source, prefix + source[len(written) :])
+        finally:
+            tf.io.gfile.rmtree(staging)
+        return prefix
+
     def _write_state(self, kept: list[tuple[int, float]]) -> None:
-        """Writes the state file listing `kept` (latest last): once, atomically."""
+        """Writes the state file listing `kept` (latest last): once, whole."""
         names = [posixpath.basename(layout.checkpoint_prefix("", s)) for s, _ in kept]
         state = tf.compat.v1.train.generate_checkpoint_state_proto(
             self.directory,
@@ -457,19 +514,12 @@ class Publisher:
             all_model_checkpoint_timestamps=[t for _, t in kept],
             last_preserved_timestamp=self._started,
         )
-        path = layout.state_path(self.directory)
-        temporary = f"{path}.tmp{uuid.uuid4().hex}"
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(str(state))
-        tf.io.gfile.rename(temporary, path, overwrite=True)
+        self._store.write(layout.state_path(self.directory), str(state).encode("utf-8"))
+        self._last_state_write = self._store.clock()
 
-    @staticmethod
-    def _delete(prefix: str) -> None:
+    def _delete(self, prefix: str) -> None:
         for path in tf.io.gfile.glob(prefix + ".data-?????-of-?????") + [prefix + ".index"]:
-            try:
-                tf.io.gfile.remove(path)
-            except tf.errors.NotFoundError:
-                pass
+            self._store.remove(path)
 
 
 class PublishFailed(Exception):
@@ -541,8 +591,13 @@ class BackgroundPublisher:
         self.flush()
         return self._publisher.is_published(step)
 
-    def publish(self, step: int) -> str:
+    def publish(self, step: int, wait: bool = False) -> str:
         """Snapshots the model as `ckpt-<step>` now; writes it on the helper thread.
+
+        Args:
+          step: the group's train step.
+          wait: as for `Publisher.publish` (on a rate-limited store, the
+            helper thread waits rather than skips this publication).
 
         Returns:
           The checkpoint prefix that will be (or was) written.
@@ -557,7 +612,7 @@ class BackgroundPublisher:
         for target, source in zip(self._targets, self._sources, strict=True):
             target.assign(source.read_value())
         self._requested, self._job_step = step, step
-        self._job = self._executor.submit(self._publisher.publish, step)
+        self._job = self._executor.submit(self._publisher.publish, step, wait)
         return layout.checkpoint_prefix(self.directory, step)
 
     def failed(self) -> bool:
@@ -623,7 +678,11 @@ def restore_validated(
         _check_sizes(ref.prefix, name, signature)
     try:
         reader = tf.compat.v1.train.NewCheckpointReader(ref.prefix)
-    except Exception as e:  # Corrupt or vanished index: OpError, ValueError...
+    except tf.errors.NotFoundError as e:  # Deleted since, or not visible yet.
+        raise CheckpointNotReadyError(
+            f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
+    except Exception as e:  # A corrupt index: DataLossError, ValueError...
         raise PeerCheckpointError(
             f"cannot read the index of {name}: {errors.one_line(e, with_type=True)}"
         ) from e
@@ -638,6 +697,10 @@ def restore_validated(
         # has a value of the right shape in the checkpoint; other objects
         # (save_counter, a compiled student's optimizer) may be absent.
         tf.train.Checkpoint(model=model, step=step_var).restore(ref.prefix).expect_partial()
+    except tf.errors.NotFoundError as e:  # A data file deleted since, or not visible yet.
+        raise CheckpointNotReadyError(
+            f"cannot restore {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
     except Exception as e:  # Truncated data: IndexError; bit flip: DataLossError...
         raise PeerCheckpointError(
             f"cannot restore {name}: {errors.one_line(e, with_type=True)}"
@@ -666,11 +729,20 @@ def _check_sizes(prefix: str, name: str, signature: ModelSignature) -> None:
     expected = signature.num_bytes
     try:
         index_bytes = tf.io.gfile.stat(prefix + ".index").length
-        data_bytes = sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(prefix + ".data-*"))
+        data_files = tf.io.gfile.glob(prefix + ".data-*")
+        data_bytes = sum(tf.io.gfile.stat(f).length for f in data_files)
+    except tf.errors.NotFoundError as e:  # Deleted since, or not visible yet.
+        raise CheckpointNotReadyError(
+            f"cannot stat {name}: {errors.one_line(e, with_type=True)}"
+        ) from e
     except tf.errors.OpError as e:
         raise PeerCheckpointError(
             f"cannot stat {name}: {errors.one_line(e, with_type=True)}"
         ) from e
+    if not data_files:
+        # An object store may list a new object later than its index; the
+        # writer's cleanup deletes the data files first.
+        raise CheckpointNotReadyError(f"{name} has no data files (not visible yet, or deleted)")
     max_index = _MAX_INDEX_BYTES + 4096 * len(signature.expected)
     if index_bytes > max_index:
         raise PeerCheckpointError(

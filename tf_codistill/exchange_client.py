@@ -209,11 +209,14 @@ class _BackgroundReads:
                 continue
             if ref is None or ref.step == self._refused.get(peer):
                 continue
-            if peer == held_peers[k] and ref.step == held_steps[k]:
-                continue
+            if peer == held_peers[k] and ref.step <= held_steps[k]:
+                continue  # Held already, or an older state file (a stale read).
             with loader.lock:
                 try:
                     loader.stage(ref)
+                except errors.CheckpointNotReadyError as e:
+                    results.append((k, peer, -1, str(e), time.perf_counter() - start))
+                    continue  # Kept as not refused: tried again at the next look.
                 except errors.CheckpointError as e:
                     results.append((k, peer, ref.step, str(e), time.perf_counter() - start))
                     continue
@@ -435,7 +438,7 @@ class ExchangeClient:
     def finish(self) -> None:
         """At the end of training: takes in a running background read, publishes."""
         self.wait()
-        self.publish()
+        self.publish(final=True)
 
     # The operations themselves.
 
@@ -444,15 +447,18 @@ class ExchangeClient:
         if self.peers:
             self._assigned = self._select(max(0, int(interval)))
 
-    def publish(self, wait: bool = True) -> Optional[str]:
+    def publish(self, wait: bool = True, final: bool = False) -> Optional[str]:
         """Publishes the student as `ckpt-<step>`; a no-op on non-chief workers.
 
         Args:
           wait: with background publishing, return only once the checkpoint
             is written (False: it is written on a helper thread).
+          final: the last publication of training: on a store that rate-limits
+            writes (an object store), wait for it rather than skip it.
 
         Returns:
-          The checkpoint prefix written, or None when this process does not publish.
+          The checkpoint prefix written, or None when this process does not
+          publish or skipped a publication too soon after the previous one.
 
         Raises:
           ExchangeWriteError: the exchange directory cannot be written (with
@@ -471,11 +477,19 @@ class ExchangeClient:
                     step,
                 )
                 return self._publisher.publish(step)
-            path = self._publisher.publish(step)
+            path = self._publisher.publish(step, wait=final)
             if wait:
                 self._flush()
         except (tf.errors.OpError, OSError, exchange.PublishFailed) as e:
             raise self._write_error(step, e) from e
+        if path is None:
+            logging.vlog(
+                1,
+                "Group %d: step %d not published (too soon after the last write of the state file)",
+                self.group_index,
+                step,
+            )
+            return None
         # The first publication at INFO, the routine ones at verbosity 1.
         logging.vlog(
             0 if self._publications == 0 else 1,
@@ -563,15 +577,18 @@ class ExchangeClient:
                 status = "failed" if reason else "no_checkpoint"
                 outcomes.append(ReloadOutcome(peer, status, reason=reason))
                 continue
-            if peer == held_peers[k] and step == held_steps[k]:
-                outcomes.append(ReloadOutcome(peer, "unchanged", step, own_step - step))
+            if peer == held_peers[k] and step <= held_steps[k]:
+                # Held already, or an older state file than the one this
+                # teacher came from (an object store's stale read): kept.
+                held = int(held_steps[k])
+                outcomes.append(ReloadOutcome(peer, "unchanged", held, own_step - held))
                 continue
             if step == self._refused.get(peer):
                 outcomes.append(ReloadOutcome(peer, "left_out", step, own_step - step))
                 continue
-            outcome, mismatch = self._load_agreed(k, peer, step, int(active[k]), own_step)
+            outcome, mismatch, retry = self._load_agreed(k, peer, step, int(active[k]), own_step)
             outcomes.append(outcome)
-            if outcome.status == "loaded":
+            if outcome.status == "loaded" or retry:
                 continue
             self._refused[peer] = step
             ever_loaded = peer == held_peers[k] and held_steps[k] >= 0
@@ -589,19 +606,25 @@ class ExchangeClient:
         """Stages `peer`'s `ckpt-<step>` on every worker; writes it into slot k if all could.
 
         Returns:
-          (the outcome, whether the checkpoint's variables mismatched ours).
+          (the outcome, whether the checkpoint's variables mismatched ours,
+          whether to try it again: no worker found anything wrong with it, some
+          could not see all its files yet; agreed, so every worker decides alike).
         """
         start = time.perf_counter()
         loader = self._loaders[peer]
         ref = exchange.CheckpointRef(layout.checkpoint_prefix(loader.directory, step), step)
-        reason, mismatch = "", False
+        reason, mismatch, not_ready = "", False, False
         with loader.lock:
             try:
                 exchange.outside_strategy(loader.stage, ref)
             except errors.CheckpointError as e:
                 reason = str(e)
                 mismatch = isinstance(e, errors.CheckpointMismatchError)
-            all_ok = distribute.agree_min([0 if reason else 1], self._strategy)[0] == 1
+                not_ready = isinstance(e, errors.CheckpointNotReadyError)
+            ok, sound = distribute.agree_min(
+                [0 if reason else 1, 0 if reason and not not_ready else 1], self._strategy
+            )
+            all_ok = ok == 1
             if all_ok:
                 # Written into the buffer not in use, then switched to.
                 buffer = 1 - active if self._pool.buffers == 2 else 0
@@ -610,9 +633,11 @@ class ExchangeClient:
                 self._pool.switch(k, buffer, step, peer)
         if all_ok:
             seconds = time.perf_counter() - start
-            return ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds), False
+            outcome = ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds)
+            return outcome, False, False
         reason = reason or "another worker of this group could not read it"
-        return ReloadOutcome(peer, "failed", step, own_step - step, reason=reason), mismatch
+        outcome = ReloadOutcome(peer, "failed", step, own_step - step, reason=reason)
+        return outcome, mismatch, sound == 1
 
     def drop_nonfinite_teachers(self) -> list[int]:
         """Drops teachers that predicted NaN/Inf since the last call.

@@ -10,6 +10,7 @@ A run's `root_dir` is shared by all its groups and is the exchange dir:
     <root_dir>/group_<i>/tensorboard/            TensorBoard summaries
     <root_dir>/group_<i>/backup/                 BackupAndRestore (resume) state
     <root_dir>/eval/                             evaluations by binaries/evaluate.py
+    <root_dir>/ray/                              Ray Train's own state (binaries/launch_ray.py)
 
 Training, the exchange, the launcher, evaluation, the churn tool, the
 reproduction harness and the drills all build paths with these functions.
@@ -33,6 +34,7 @@ __all__ = [
     "EVAL_DIR",
     "METRICS_FILE",
     "OPERATIVE_CONFIG",
+    "RAY_DIR",
     "STATE_FILE",
     "TENSORBOARD_DIR",
     "backup_dir",
@@ -43,6 +45,7 @@ __all__ = [
     "group_index",
     "metrics_path",
     "operative_config_path",
+    "ray_dir",
     "state_path",
     "tensorboard_dir",
 ]
@@ -56,6 +59,7 @@ OPERATIVE_CONFIG = "operative_config.gin"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 EVAL_DIR = "eval"
+RAY_DIR = "ray"
 
 _GROUP_DIR = re.compile(r"^group_(\d{1,9})$")
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_NAME}-(\d{{1,18}})$")
@@ -122,3 +126,8 @@ def backup_dir(directory: str) -> str:
 def eval_dir(root_dir: str) -> str:
     """`<root_dir>/eval`, where evaluations go unless told otherwise."""
     return posixpath.join(str(root_dir).rstrip("/"), EVAL_DIR)
+
+
+def ray_dir(root_dir: str) -> str:
+    """`<root_dir>/ray`, Ray Train's storage path for a run's trainers."""
+    return posixpath.join(str(root_dir).rstrip("/"), RAY_DIR)

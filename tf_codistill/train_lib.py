@@ -463,6 +463,13 @@ def train_group(
     results = history.results()
     if chief:
         _write_operative_config(group_dir)
+    # The workers of a group leave together. A worker that exits while
+    # another still works is, to TensorFlow's coordination service, a crashed
+    # task: ten seconds later the others log "The tasks have crashed"
+    # (a CoordinationServiceError) and fail their next collective. The chief
+    # is the last to finish (it writes the group's files), so the others
+    # wait for it here; a worker that really crashed makes this fail.
+    distribute.barrier(strategy)
     final = results["final"]
     logging.info(
         "%s: done, %d steps in %.0f s; final %s",

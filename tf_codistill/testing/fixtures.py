@@ -178,6 +178,7 @@ def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2
     flags_.num_groups = num_groups
     flags_.strategy = "default"
     flags_.tpu = None
+    flags_.cluster = None
     train.main([])
 
 
