@@ -219,6 +219,44 @@ class TrainStepTest(tf.test.TestCase):
             model.save(path)
 
 
+class MixedPrecisionTest(parameterized.TestCase, tf.test.TestCase):
+    """Both Keras mixed-precision policies train, with psi computed in float32."""
+
+    def tearDown(self):
+        keras.mixed_precision.set_global_policy("float32")
+        super().tearDown()
+
+    @parameterized.parameters("mixed_float16", "mixed_bfloat16")
+    def test_policy_trains_with_float32_psi(self, policy):
+        keras.mixed_precision.set_global_policy(policy)
+        d = self.create_tempdir().full_path
+        x, y = testing.toy_classification(64)
+        # An ordinary head: the logits come out in the policy's compute dtype.
+        peer = make_codistill(d, group=1, seed=1)
+        peer.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        model = make_codistill(d)
+        before = [w.copy() for w in model.student.get_weights()]
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+        compute_dtype = keras.mixed_precision.Policy(policy).compute_dtype
+        self.assertEqual(model.student.compute_dtype, compute_dtype)
+        self.assertEqual(model.teachers[0].compute_dtype, compute_dtype)
+        self.assertEqual(model.teachers[0](x[:2]).dtype, compute_dtype)
+        self.assertGreater(history["distill_loss"][0], 0.0)
+        self.assertTrue(np.isfinite(history["loss"][0]))
+        after = model.student.get_weights()
+        self.assertFalse(any(np.array_equal(b, a) for b, a in zip(before, after, strict=True)))
+        # psi from the low-precision logits (computed in a graph, as the step
+        # does: eager bfloat16 kernels round differently), itself in float32:
+        # a psi computed in the policy's dtype would be off by ~1e-3.
+        result = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+        student, teacher = model.student, model.teachers[0]
+        student_logits, teacher_logits = tf.function(
+            lambda x: (student(x, training=False), teacher(x, training=False))
+        )(x)
+        want = losses.SoftmaxCrossEntropy()([teacher_logits], student_logits)
+        self.assertAllClose(result["distill_loss"], float(tf.reduce_mean(want)), rtol=1e-5)
+
+
 class TeacherBuilderTest(tf.test.TestCase):
     def test_subclassed_student_needs_builder(self):
         student = testing.SubclassedMLP()

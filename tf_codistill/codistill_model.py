@@ -318,8 +318,11 @@ class CodistillModel(keras.Model):
                 f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), y_pred)}"
             )
         self._distill_loss.validate_logits(y_pred)
-        task_loss = self.compiled_loss(
-            y, y_pred, sample_weight, regularization_losses=self.student.losses
+        # float32 whatever the policy: under mixed precision the compiled loss
+        # of a float16/bfloat16 head has the head's dtype, psi is float32.
+        task_loss = tf.cast(
+            self.compiled_loss(y, y_pred, sample_weight, regularization_losses=self.student.losses),
+            tf.float32,
         )
         peer_weights = self.teacher_pool.peer_weights(step)
         any_peer = tf.reduce_any(peer_weights > 0)
