@@ -1,5 +1,6 @@
 """CodistillModel: the train step, teachers, metrics and arguments."""
 
+import math
 import os
 
 import numpy as np
@@ -186,24 +187,56 @@ class TrainStepTest(tf.test.TestCase):
         self.assertGreater(result["agreement"], 0.0)
 
     def test_sequence_outputs_with_masks(self):
-        vocab, length = 11, 5
-
-        def lm():
-            inputs = keras.Input((length,), dtype="int32")
-            h = keras.layers.Embedding(vocab, 8)(inputs)
-            return keras.Model(inputs, keras.layers.Dense(vocab)(h))
-
-        keras.utils.set_random_seed(1)
-        publish_peer(lm(), self.dir, group=1, step=3)
-        model = tf_codistill.CodistillModel(
-            lm(), group_index=0, num_groups=2, exchange_dir=self.dir, burn_in_steps=0
-        )
-        model.compile(keras.optimizers.Adam(1e-2), loss=SCCE(from_logits=True))
-        tokens = np.random.default_rng(0).integers(0, vocab, size=(32, length))
-        mask = (np.arange(length)[None, :] < 3).astype("float32").repeat(32, axis=0)
-        history = model.fit(tokens, tokens, sample_weight=mask, batch_size=8, verbose=0).history
-        self.assertGreater(history["distill_loss"][0], 0.0)
-        self.assertTrue(np.isfinite(history["loss"][0]))
+        # Hand-worked: the student's logits are all 0 (a zero Dense), so its
+        # distribution is uniform over V = 4 classes and, at every position,
+        # both the task loss and psi = CE(q, uniform) = -sum_c q_c ln(1/4)
+        # equal ln 4 = 1.386294, whatever the label or the teacher's q. The
+        # reduction alone decides the values. Batch 2 x time 4.
+        ln4 = math.log(4.0)
+        tokens = np.array([[5, 0, 0, 0], [3, 0, 0, 0]])  # 0 = padding: 2 of 8 valid (25%).
+        labels = np.array([[1, 2, 3, 0], [2, 1, 0, 3]])
+        weights = np.array([[2.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+        both = np.array([[2.0, 1.0, 1.0, 1.0], [0.5, 1.0, 1.0, 1.0]], np.float32)
+        cases = [
+            # Keras mask (Embedding(mask_zero=True)) alone: tf_keras divides by
+            # the valid tokens: 2 * ln 4 / 2 = ln 4.
+            ("mask", True, None, ln4),
+            # [batch, time] sample weights alone: divided by all 8 positions:
+            # (2 + 1 + 1) * ln 4 / 8 = 0.5 ln 4.
+            ("weights", False, weights, 0.5 * ln4),
+            # Both: weighted sum over valid tokens / valid tokens:
+            # (2 + 0.5) * ln 4 / 2 = 1.25 ln 4.
+            ("both", True, both, 1.25 * ln4),
+        ]
+        for name, mask_zero, sample_weight, expected in cases:
+            with self.subTest(name):
+                d = self.create_tempdir().full_path
+                publish_peer(_token_model(mask_zero, seed=1), d, group=1, step=3)
+                model = tf_codistill.CodistillModel(
+                    _token_model(mask_zero),
+                    group_index=0,
+                    num_groups=2,
+                    exchange_dir=d,
+                    burn_in_steps=0,
+                )
+                model.compile(keras.optimizers.SGD(0.0), loss=SCCE(from_logits=True))
+                model.reload_teachers()
+                got = model.evaluate(
+                    tokens,
+                    labels,
+                    sample_weight=sample_weight,
+                    batch_size=2,
+                    verbose=0,
+                    return_dict=True,
+                )
+                # The task loss is Keras' own reduction; psi must agree with it.
+                self.assertAllClose(got["task_loss"], expected, atol=1e-6)
+                self.assertAllClose(got["distill_loss"], expected, atol=1e-6)
+                history = model.fit(
+                    tokens, labels, sample_weight=sample_weight, batch_size=2, verbose=0
+                ).history
+                self.assertAllClose(history["distill_loss"], [expected], atol=1e-6)
+                self.assertAllClose(history["task_loss"], [expected], atol=1e-6)
 
     def test_student_saves_without_teachers(self):
         publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
@@ -377,6 +410,14 @@ class MirroredMetricsTest(tf.test.TestCase):
         self.assertAllClose(history["agreement"], [expected["agreement"]])
         for got, want in zip(model.student.trainable_variables, expected["weights"], strict=True):
             self.assertAllClose(got, want, atol=1e-6)
+
+
+def _token_model(mask_zero, seed=0, vocab=4, length=4):
+    """[batch, length] ids -> [batch, length, vocab] logits; all 0 unless `seed` > 0."""
+    inputs = keras.Input((length,), dtype="int32")
+    h = keras.layers.Embedding(8, 3, mask_zero=mask_zero)(inputs)
+    init = keras.initializers.GlorotUniform(seed) if seed else "zeros"
+    return keras.Model(inputs, keras.layers.Dense(vocab, kernel_initializer=init)(h))
 
 
 def _weight_keys(model, path):

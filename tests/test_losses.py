@@ -218,3 +218,18 @@ def test_position_weights_combine_sample_weights_and_the_keras_mask():
     weights = losses.position_weights(logits, np.array([1.0, 2.0], np.float32))
     np.testing.assert_array_equal(weights, [[1, 1, 0, 0], [2, 0, 0, 0]])
     assert losses.position_weights(tf.zeros([2, 2])) is None
+
+
+def test_keras_loss_weights_divide_by_the_valid_positions_like_keras():
+    # 3 valid positions of 8: masked weights times 8 / 3, so that the mean over
+    # all 8 positions is the mean over the 3 valid ones (tf_keras' reduction).
+    inputs = keras.Input((4,), dtype="int32")
+    hidden = keras.layers.Embedding(5, 3, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    logits = model(np.array([[1, 2, 0, 0], [3, 0, 0, 0]], np.int32))
+    weights = losses.keras_loss_weights(logits, np.array([1.0, 2.0], np.float32))
+    np.testing.assert_allclose(weights, np.array([[1, 1, 0, 0], [2, 0, 0, 0]]) * 8 / 3, rtol=1e-6)
+    # Without a mask: the sample weights as they are.
+    np.testing.assert_array_equal(
+        losses.keras_loss_weights(tf.zeros([2, 2]), np.array([1.0, 2.0], np.float32)), [1.0, 2.0]
+    )

@@ -345,7 +345,9 @@ class CodistillModel(keras.Model):
             active = tf.logical_and(active, any_usable)
             if training:
                 weight = weight * tf.cast(any_usable, tf.float32)
-            per_example = self._distill_per_example(targets, y_pred, weights, active)
+            per_example = self._distill_per_example(
+                targets, y_pred, losses.keras_loss_weights(y_pred, sample_weight), active
+            )
         # Scaled by the global batch: the same value and gradient under any strategy.
         distill_loss = tf.nn.compute_average_loss(per_example)
         return dict(
