@@ -69,7 +69,8 @@ class TrainStepTest(tf.test.TestCase):
         history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
         for got, want in zip(model.student.trainable_variables, expected["weights"], strict=True):
             self.assertAllClose(got, want, atol=1e-6)
-        self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["total_loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["loss"], [expected["task"]], atol=1e-5)
         self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
         self.assertAllClose(history["distill_loss"], [expected["psi"]], atol=1e-5)
         self.assertAllClose(history["distill_weight"], [0.5])
@@ -128,18 +129,19 @@ class TrainStepTest(tf.test.TestCase):
         self.assertEqual(history["distill_loss"][0], 0.0)
         self.assertGreater(history["distill_loss"][1], 0.0)
         self.assertAllClose(
-            history["loss"][1],
+            history["total_loss"][1],
             history["task_loss"][1] + 2.0 * history["distill_loss"][1],
             rtol=1e-5,
         )
-        self.assertAllClose(history["loss"][0], history["task_loss"][0])
+        self.assertAllClose(history["total_loss"][0], history["task_loss"][0])
+        self.assertAllClose(history["loss"], history["task_loss"])
 
     def test_no_peer_checkpoint_means_no_distillation(self):
         model = make_codistill(self.dir)
         history = model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0).history
         self.assertEqual(history["distill_weight"], [0.0])
         self.assertEqual(history["distill_loss"], [0.0])
-        self.assertAllClose(history["loss"], history["task_loss"])
+        self.assertAllClose(history["total_loss"], history["task_loss"])
         self.assertEqual(list(model.teacher_steps), [-1])
         # The group still published its own checkpoint at the end of training.
         self.assertIsNotNone(tf.train.latest_checkpoint(os.path.join(self.dir, "group_0")))
@@ -175,16 +177,54 @@ class TrainStepTest(tf.test.TestCase):
             set(result),
             {
                 "loss",
+                "total_loss",
                 "task_loss",
                 "distill_loss",
+                "distill_weight",
+                "teacher_staleness",
                 "agreement",
                 "accuracy",
                 "nonfinite_teacher_batches",
             },
         )
         # During burn-in the total is the task loss, but agreement is reported.
-        self.assertAllClose(result["loss"], result["task_loss"])
+        self.assertAllClose(result["total_loss"], result["task_loss"])
+        self.assertEqual(result["distill_weight"], 0.0)
         self.assertGreater(result["agreement"], 0.0)
+
+    def test_metrics_names_label_evaluate_values(self):
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir)
+        model.fit(self.x, self.y, batch_size=16, epochs=1, verbose=0)
+        values = model.evaluate(self.x, self.y, batch_size=32, verbose=0)
+        as_dict = model.evaluate(self.x, self.y, batch_size=32, verbose=0, return_dict=True)
+        self.assertLen(values, len(model.metrics_names))
+        self.assertEqual(dict(zip(model.metrics_names, values, strict=True)), as_dict)
+
+    def test_val_loss_is_the_task_loss_of_a_plain_model(self):
+        # Burn-in ends after epoch 1: val_loss must not jump with the switch
+        # (EarlyStopping, ReduceLROnPlateau and ModelCheckpoint read it), and
+        # must be what the student alone, compiled as a plain model, reports.
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir, burn_in_steps=4, distill_weight=2.0)
+        ds = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(16).repeat()
+        val = (self.x[:32], self.y[:32])
+        history = model.fit(ds, steps_per_epoch=4, epochs=2, validation_data=val, verbose=0).history
+        self.assertAllClose(history["val_loss"], history["val_task_loss"])
+        self.assertAllClose(history["val_distill_weight"], [2.0, 2.0])  # At steps 4 and 8.
+        self.assertAllClose(
+            history["val_total_loss"],
+            np.add(history["val_task_loss"], 2.0 * np.asarray(history["val_distill_loss"])),
+            rtol=1e-5,
+        )
+        plain = testing.mlp()
+        plain.compile(loss=SCCE(from_logits=True), metrics=["accuracy"])
+        plain.set_weights(model.student.get_weights())
+        want = plain.evaluate(*val, verbose=0, return_dict=True)
+        got = model.evaluate(*val, verbose=0, return_dict=True)
+        self.assertAllClose(got["loss"], want["loss"], rtol=1e-6)
+        self.assertAllClose(got["accuracy"], want["accuracy"])
+        self.assertAllClose(history["val_loss"][-1], want["loss"], rtol=1e-6)
 
     def test_sequence_outputs_with_masks(self):
         # Hand-worked: the student's logits are all 0 (a zero Dense), so its
@@ -403,7 +443,8 @@ class MirroredMetricsTest(tf.test.TestCase):
         with strategy.scope():
             model = make_codistill(d)
         history = model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0).history
-        self.assertAllClose(history["loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["total_loss"], [expected["total"]], atol=1e-5)
+        self.assertAllClose(history["loss"], [expected["task"]], atol=1e-5)
         self.assertAllClose(history["task_loss"], [expected["task"]], atol=1e-5)
         self.assertAllClose(history["distill_loss"], [expected["psi"]], atol=1e-5)
         self.assertAllClose(history["distill_weight"], [1.0])

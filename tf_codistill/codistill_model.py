@@ -39,8 +39,13 @@ from tf_codistill import teachers as teachers_lib
 
 __all__ = ["CodistillModel", "ReloadOutcome", "ExchangeWriteError", "PeerMismatchError"]
 
-# Metric names, also used by callbacks, binaries and docs.
+# Metric names, also used by callbacks, binaries and docs. `loss` is the task
+# loss, as a plain model reports it, in training and evaluation alike (so
+# `val_loss` is comparable across burn-in and with a model trained alone);
+# `total_loss` is what training minimises, task + w * psi; `task_loss` is kept
+# (equal to `loss`) for code that reads `val_task_loss`.
 LOSS = "loss"
+TOTAL_LOSS = "total_loss"
 TASK_LOSS = "task_loss"
 DISTILL_LOSS = "distill_loss"
 DISTILL_WEIGHT = "distill_weight"
@@ -164,6 +169,7 @@ class CodistillModel(keras.Model):
         # "first" is right for every strategy.
         self.distribute_reduction_method = "first"
         self._loss_tracker = keras.metrics.Mean(name=LOSS)
+        self._total_loss_tracker = keras.metrics.Mean(name=TOTAL_LOSS)
         self._task_loss_tracker = keras.metrics.Mean(name=TASK_LOSS)
         self._distill_loss_tracker = keras.metrics.Mean(name=DISTILL_LOSS)
         self._weight_tracker = keras.metrics.Mean(name=DISTILL_WEIGHT)
@@ -269,6 +275,7 @@ class CodistillModel(keras.Model):
     def metrics(self):
         trackers = [
             self._loss_tracker,
+            self._total_loss_tracker,
             self._task_loss_tracker,
             self._distill_loss_tracker,
             self._weight_tracker,
@@ -281,7 +288,7 @@ class CodistillModel(keras.Model):
         if getattr(self, "compiled_metrics", None) is not None:
             compiled = list(self.compiled_metrics.metrics)
         # The compiled loss container tracks the task loss under the name
-        # "loss"; ours reports the total under that name instead.
+        # "loss"; ours does, the same value under any strategy.
         excluded = {id(m) for m in trackers + compiled}
         if getattr(self, "compiled_loss", None) is not None:
             excluded |= {id(m) for m in self.compiled_loss.metrics}
@@ -343,8 +350,7 @@ class CodistillModel(keras.Model):
             # psi counts only with a teacher whose predictions are finite.
             any_usable = tf.reduce_any(usable > 0)
             active = tf.logical_and(active, any_usable)
-            if training:
-                weight = weight * tf.cast(any_usable, tf.float32)
+            weight = weight * tf.cast(any_usable, tf.float32)
             per_example = self._distill_per_example(
                 targets, y_pred, losses.keras_loss_weights(y_pred, sample_weight), active
             )
@@ -362,13 +368,15 @@ class CodistillModel(keras.Model):
             active=active,
         )
 
-    def _update_trackers(self, y_pred, terms, step, training):
+    def _update_trackers(self, y_pred, terms, step):
         # Keras' loss tracker convention: per-replica (unscaled) mean, weighted
         # by the local batch size, so that result() is the global mean.
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
-        self._loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
-        self._task_loss_tracker.update_state(terms["task_loss"] * replicas, sample_weight=batch)
+        task_loss = terms["task_loss"] * replicas
+        self._loss_tracker.update_state(task_loss, sample_weight=batch)
+        self._task_loss_tracker.update_state(task_loss, sample_weight=batch)
+        self._total_loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
         active = tf.cast(terms["active"], tf.float32)
         self._distill_loss_tracker.update_state(
             terms["per_example"],
@@ -380,17 +388,19 @@ class CodistillModel(keras.Model):
             if terms["weights"] is not None:
                 position_weights = losses.broadcast_weights(terms["weights"], agreement)
             self._agreement_tracker.update_state(agreement, sample_weight=position_weights * active)
-        if training:
-            self._weight_tracker.update_state(terms["weight"])
-            peer_weights = terms["peer_weights"]
-            if self.teacher_pool.num_slots:
-                staleness = self.teacher_pool.staleness(step)
-                mean_staleness = tf.math.divide_no_nan(
-                    tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
-                )
-                self._staleness_tracker.update_state(
-                    mean_staleness, sample_weight=tf.reduce_max(peer_weights)
-                )
+        # In evaluation too: the weight and the teachers' staleness at the
+        # evaluated step (what its total_loss used), and every name of
+        # `metrics_names` has a value in `evaluate()`'s list.
+        self._weight_tracker.update_state(terms["weight"])
+        peer_weights = terms["peer_weights"]
+        if self.teacher_pool.num_slots:
+            staleness = self.teacher_pool.staleness(step)
+            mean_staleness = tf.math.divide_no_nan(
+                tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
+            )
+            self._staleness_tracker.update_state(
+                mean_staleness, sample_weight=tf.reduce_max(peer_weights)
+            )
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -411,7 +421,7 @@ class CodistillModel(keras.Model):
                 lambda: tf.constant(0.0),
             )
         self.optimizer.minimize(terms["total"], variables, tape=tape)
-        self._update_trackers(y_pred, terms, step, training=True)
+        self._update_trackers(y_pred, terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
 
@@ -428,13 +438,9 @@ class CodistillModel(keras.Model):
         )
         y_pred = self.student(x, training=False)
         terms = self._step_terms(x, y, y_pred, sample_weight, step)
-        self._update_trackers(y_pred, terms, step, training=False)
+        self._update_trackers(y_pred, terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
-        results = self.get_metrics_result()
-        # Weight and staleness describe training; evaluation leaves them out.
-        results.pop(DISTILL_WEIGHT, None)
-        results.pop(TEACHER_STALENESS, None)
-        return results
+        return self.get_metrics_result()
 
     # ------------------------------------------------------------------
     # Keras plumbing.
