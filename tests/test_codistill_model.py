@@ -288,8 +288,58 @@ class TrainStepTest(tf.test.TestCase):
         self.assertLen(served.weights, len(model.student.weights))
         self.assertAllClose(served(self.x[:4]), model.student(self.x[:4]))
         self.assertAllClose(model.predict(self.x[:4], verbose=0), served(self.x[:4]))
-        with self.assertRaisesRegex(NotImplementedError, r"model.student.save"):
-            model.save(path)
+
+    def test_model_checkpoint_with_defaults_saves_the_student(self):
+        # What Keras users write: ModelCheckpoint calls model.save, which
+        # saves the student alone, loadable by plain tf_keras.
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)
+        model = make_codistill(self.dir)
+        out = self.create_tempdir().full_path
+        callbacks = [
+            keras.callbacks.ModelCheckpoint(os.path.join(out, "epoch{epoch}.keras")),
+            keras.callbacks.ModelCheckpoint(os.path.join(out, "savedmodel_{epoch}")),
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(out, "best.keras"), monitor="val_loss", save_best_only=True
+            ),
+        ]
+        model.fit(
+            self.x,
+            self.y,
+            batch_size=16,
+            epochs=2,
+            validation_split=0.25,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        for name in ("epoch2.keras", "savedmodel_2", "best.keras"):
+            served = keras.models.load_model(os.path.join(out, name))
+            self.assertLen(served.weights, len(model.student.weights))
+            if name != "best.keras":
+                self.assertAllClose(served(self.x[:4]), model.student(self.x[:4]), atol=1e-6)
+        # And model.save itself, as Keras users call it.
+        model.save(os.path.join(out, "direct.keras"))
+        served = keras.models.load_model(os.path.join(out, "direct.keras"))
+        self.assertAllClose(served(self.x[:4]), model.student(self.x[:4]), atol=1e-6)
+
+    def test_weights_checkpoint_keeps_the_training_state(self):
+        # save_weights-style checkpoints hold everything: student and teachers.
+        publish_peer(testing.mlp(seed=1), self.dir, group=1, step=7)
+        model = make_codistill(self.dir)
+        out = self.create_tempdir().full_path
+        for path in (os.path.join(out, "tf", "ckpt"), os.path.join(out, "all.weights.h5")):
+            model.fit(
+                self.x,
+                self.y,
+                batch_size=16,
+                epochs=1,
+                verbose=0,
+                callbacks=[keras.callbacks.ModelCheckpoint(path, save_weights_only=True)],
+            )
+            other = make_codistill(self.create_tempdir().full_path, seed=5)
+            other.load_weights(path)
+            for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
+                self.assertAllClose(a, b)
+            self.assertEqual(list(other.teacher_steps), [7])
 
 
 class MixedPrecisionTest(parameterized.TestCase, tf.test.TestCase):

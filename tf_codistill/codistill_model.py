@@ -455,16 +455,29 @@ class CodistillModel(keras.Model):
         )
         return super().fit(**arguments)
 
+    def save(self, filepath, *args, **kwargs):
+        """Saves the student alone (`model.student.save`): the served model.
+
+        What `keras.callbacks.ModelCheckpoint` calls with its defaults, so it
+        works as for any Keras model; the file holds no teacher and loads with
+        plain `tf_keras.models.load_model`. Training state (student, teachers,
+        optimizer) is what `save_weights` and `BackupAndRestore` keep.
+        """
+        logging.log_first_n(
+            logging.INFO, "CodistillModel.save: saving the student alone to %s", 1, filepath
+        )
+        return self.student.save(filepath, *args, **kwargs)
+
+    def __dir__(self):
+        # tf_keras' `.weights.h5` format finds what to save by walking dir();
+        # `teachers` is a view that changes with the active buffer, so a
+        # file saved with the spare buffer active did not load. The pool's
+        # own attributes are walked instead.
+        return [name for name in super().__dir__() if name != "teachers"]
+
     def get_config(self):
         raise NotImplementedError(
-            "CodistillModel is not serialisable as a model: save `model.student` for "
-            "serving, and use keras.callbacks.BackupAndRestore (or save_weights) to "
-            "checkpoint training state"
-        )
-
-    def save(self, *args, **kwargs):
-        raise NotImplementedError(
-            "CodistillModel holds training-only state (peer teachers, exchange); call "
-            "`model.student.save(...)` to export the served model, and use "
-            "keras.callbacks.BackupAndRestore or `model.save_weights(...)` for training state"
+            "CodistillModel is not serialisable as a model: model.save (and "
+            "ModelCheckpoint) save the student alone, for serving; use "
+            "keras.callbacks.BackupAndRestore (or save_weights) to checkpoint training state"
         )

@@ -270,6 +270,11 @@ class TeacherPool(keras.layers.Layer):
         active = self.active_buffer.numpy()
         return tuple(self.buffer(k, int(active[k])) for k in range(self.num_slots))
 
+    def __dir__(self):
+        # Keep the `teachers` view (it changes with the active buffers) out of
+        # the walk of tf_keras' `.weights.h5` saving (see CodistillModel).
+        return [name for name in super().__dir__() if name != "teachers"]
+
     @property
     def stateful(self) -> bool:
         return any(getattr(t, "stateful", False) for t in self._teachers + self._spare_teachers)
