@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import distribute
 from tf_codistill import errors
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ReloadOutcome",
     "TeacherPool",
     "build_like",
+    "carried_state",
     "check_student",
     "resolve_builder",
 ]
@@ -182,6 +184,24 @@ def resolve_builder(
     )
 
 
+def carried_state(model: tf.Module) -> list:
+    """The variables `model` carries from one batch to the next (not its weights).
+
+    Those of stateful Keras RNN layers (`states`) and of any layer that
+    carries its own and lists it as `state_variables` (as
+    `tf_codistill.models.lstm_lm.CarriedLSTM` does).
+    """
+    found = []
+    for module in [model, *model.submodules]:
+        if not getattr(module, "stateful", False):
+            continue
+        if hasattr(module, "state_variables"):
+            found += list(module.state_variables)
+        elif isinstance(module, keras.layers.RNN) and module.states[0] is not None:
+            found += list(module.states)
+    return found
+
+
 def _mirrored_vector(values, dtype, name: str) -> tf.Variable:
     # The same on every replica; written between steps, outside replica context.
     return tf.Variable(
@@ -284,6 +304,15 @@ class TeacherPool(keras.layers.Layer):
         for teacher in self._teachers + self._spare_teachers:
             if getattr(teacher, "stateful", False):
                 teacher.reset_states()
+
+    @staticmethod
+    def _carry_state(source: keras.Model, target: keras.Model) -> None:
+        for to, value in zip(
+            distribute.components(carried_state(target)),
+            distribute.components(carried_state(source)),
+            strict=True,
+        ):
+            to.assign(value)
 
     # In the step (graph).
 
@@ -392,9 +421,15 @@ class TeacherPool(keras.layers.Layer):
     def switch(self, slot: int, buffer: int, step: int, peer: Optional[int] = None) -> None:
         """Makes `buffer` the teacher in use in `slot`, holding `peer`'s checkpoint `step`.
 
+        A stateful teacher switched to gets the carried state (`carried_state`)
+        of the one it replaces, so it continues the same streams.
+
         `step=-1` takes the slot out of use. `peer=None` keeps the slot's peer.
         """
         active, steps, peers = self.holding()
+        if buffer != active[slot] and self.stateful:
+            # The teacher switched to continues the streams of the one in use.
+            self._carry_state(self.buffer(slot, int(active[slot])), self.buffer(slot, buffer))
         active[slot], steps[slot] = buffer, step
         peer_changed = peer is not None and peer != peers[slot]
         if peer_changed:
