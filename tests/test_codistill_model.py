@@ -9,6 +9,7 @@ import tf_keras as keras
 from absl.testing import parameterized
 
 import tf_codistill
+from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import losses
 from tf_codistill import schedules
@@ -476,6 +477,96 @@ class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
         self.assertEqual(model.distill_weight_schedule, schedules.BurnIn(1.0, 3000))
         self.assertEqual(model.exchange_every_n_steps, 50)
         self.assertEqual(model.peer_indices, (1,))
+
+
+class OutputTest(tf.test.TestCase):
+    """What psi reads: logits, one output (named when there are several)."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.create_tempdir().full_path
+        self.x, self.y = testing.toy_classification(32)
+
+    def _wrap(self, student, **kwargs):
+        return tf_codistill.CodistillModel(
+            student, group_index=0, num_groups=2, exchange_dir=self.dir, burn_in_steps=0, **kwargs
+        )
+
+    def test_probability_outputs_are_refused_at_construction(self):
+        inputs = keras.Input((8,))
+        softmax_head = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))
+        softmax_layer = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(4), keras.layers.Softmax()]
+        )
+        sigmoid_head = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+        for student in (softmax_head, softmax_layer, sigmoid_head):
+            with self.assertRaisesRegex(ValueError, "probabilities, but distillation needs logits"):
+                self._wrap(student)
+
+    def test_subclassed_probability_output_is_refused_at_construction(self):
+        class Probabilities(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.dense = keras.layers.Dense(4)
+
+            def call(self, x, training=None):
+                return keras.activations.softmax(self.dense(x))
+
+        def build():
+            model = Probabilities()
+            model(np.zeros((1, 8), np.float32))
+            return model
+
+        # Its outputs are known from a trace, done at construction: one error
+        # of ours, not one wrapped in Keras' train function.
+        with self.assertRaisesRegex(
+            errors.ConfigError, "outputs softmax probabilities, but distillation needs logits"
+        ):
+            self._wrap(build(), teacher_builder=build)
+
+    def _two_heads(self, seed=0):
+        inputs = keras.Input((8,), name="features")
+        hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+        init = keras.initializers.GlorotUniform(seed)
+        logits = keras.layers.Dense(4, name="logits", kernel_initializer=init)(hidden)
+        aux = keras.layers.Dense(1, activation="sigmoid", name="aux", kernel_initializer=init)(
+            hidden
+        )
+        return keras.Model(inputs, [logits, aux])
+
+    def test_several_outputs_need_a_choice_at_construction(self):
+        with self.assertRaisesRegex(ValueError, r"has 2 outputs \['logits', 'aux'\]"):
+            self._wrap(self._two_heads())
+        with self.assertRaisesRegex(ValueError, "not an output of student"):
+            self._wrap(self._two_heads(), distill_output="head")
+        with self.assertRaisesRegex(ValueError, "'aux' is sigmoid probabilities"):
+            self._wrap(self._two_heads(), distill_output="aux")
+
+    def test_named_output_is_distilled_and_every_output_trained(self):
+        publish_peer(self._two_heads(seed=1), self.dir, group=1, step=0)
+        model = self._wrap(self._two_heads(), distill_output="logits")
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            loss=[SCCE(from_logits=True), keras.losses.BinaryCrossentropy()],
+        )
+        model.reload_teachers()
+        aux_labels = (self.y > 1).astype("float32")[:, None]
+        got = model.evaluate(
+            self.x, [self.y, aux_labels], batch_size=32, verbose=0, return_dict=True
+        )
+        student_logits, _ = model.student(self.x)
+        teacher_logits, _ = model.teachers[0](self.x)
+        want = losses.SoftmaxCrossEntropy()([teacher_logits], student_logits)
+        self.assertAllClose(got["distill_loss"], float(tf.reduce_mean(want)), rtol=1e-5)
+        # The task loss is both heads' (what a plain model compiled so reports).
+        plain = self._two_heads()
+        plain.set_weights(model.student.get_weights())
+        plain.compile(loss=[SCCE(from_logits=True), keras.losses.BinaryCrossentropy()])
+        plain_loss = plain.evaluate(self.x, [self.y, aux_labels], batch_size=32, verbose=0)[0]
+        self.assertAllClose(got["loss"], plain_loss, rtol=1e-6)
+        before = model.student.get_layer("aux").get_weights()[0].copy()
+        model.fit(self.x, [self.y, aux_labels], batch_size=16, verbose=0)
+        self.assertFalse(np.array_equal(before, model.student.get_layer("aux").get_weights()[0]))
 
 
 class MirroredMetricsTest(tf.test.TestCase):

@@ -69,8 +69,10 @@ class CodistillModel(keras.Model):
 
     Args:
       student: a built `tf_keras.Model` returning logits (one tensor,
-        `[batch, classes]`, `[batch, 1]` or `[batch, time, vocab]`). Create it
-        inside the strategy scope, as you create this model.
+        `[batch, classes]`, `[batch, 1]` or `[batch, time, vocab]`, or several
+        outputs with `distill_output` naming the logits to distill), not
+        probabilities. Create it inside the strategy scope, as you create this
+        model.
       group_index: this group's index in `[0, num_groups)`.
       num_groups: number of groups in the run.
       exchange_dir: directory (local path or any `tf.io.gfile` URL) shared by
@@ -103,6 +105,10 @@ class CodistillModel(keras.Model):
         `all_peers` (default: one teacher per peer), `random_peer` or
         `round_robin` (one teacher for any number of peers), or a
         `tf_codistill.peer_selection.PeerSelection`.
+      distill_output: for a student with several outputs (auxiliary heads),
+        the one psi reads: a name of `student.output_names` (or a key of a
+        subclassed model's dict of outputs) or an index. The task loss covers
+        every output, as `compile` configures it.
       **kwargs: passed to `tf_keras.Model`, e.g. `name`.
 
     Raises:
@@ -127,11 +133,13 @@ class CodistillModel(keras.Model):
         max_staleness_steps: Optional[int] = None,
         background_reload: Optional[bool] = None,
         peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
+        distill_output: Union[None, int, str] = None,
         **kwargs,
     ):
         kwargs.setdefault("name", "codistill")
         super().__init__(**kwargs)
         teachers_lib.check_student(student)
+        self._distill_output = teachers_lib.resolve_distill_output(student, distill_output)
         num_groups = errors.check_int("num_groups", num_groups, minimum=1)
         group_index = errors.check_int("group_index", group_index, minimum=0)
         if group_index >= num_groups:
@@ -161,6 +169,7 @@ class CodistillModel(keras.Model):
             max_staleness_steps=max_staleness_steps,
             max_to_keep=max_checkpoints_to_keep,
             own_step=self._own_step,
+            distill_output=self._distill_output,
         )
 
         # train_step/test_step return metric results, the same on every
@@ -311,26 +320,29 @@ class CodistillModel(keras.Model):
             lambda: tf.zeros(tf.shape(y_pred)[:1], tf.float32),
         )
 
-    def _step_terms(self, x, y, y_pred, sample_weight, step, tape=None):
+    def _step_terms(self, x, y, outputs, sample_weight, step, tape=None):
         """Task loss, distillation terms and the weight in effect for one batch.
 
         Args:
+          outputs: the student's outputs (all of them: the task loss's).
           tape: the train step's GradientTape (paused for the teachers), or
             None when evaluating.
         """
         training = tape is not None
-        if not tf.is_tensor(y_pred):
-            raise errors.ConfigError(
-                "CodistillModel needs a student with a single logits output, got "
-                f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), y_pred)}"
-            )
-        self._distill_loss.validate_logits(y_pred)
         # float32 whatever the policy: under mixed precision the compiled loss
         # of a float16/bfloat16 head has the head's dtype, psi is float32.
         task_loss = tf.cast(
-            self.compiled_loss(y, y_pred, sample_weight, regularization_losses=self.student.losses),
+            self.compiled_loss(
+                y, outputs, sample_weight, regularization_losses=self.student.losses
+            ),
             tf.float32,
         )
+        # From here on, the output psi reads.
+        y_pred = teachers_lib.select_output(outputs, self._distill_output)
+        teachers_lib.check_logits(y_pred, self.student.name)
+        self._distill_loss.validate_logits(y_pred)
+        if sample_weight is not None and not tf.is_tensor(sample_weight):
+            sample_weight = teachers_lib.select_output(sample_weight, self._distill_output)
         peer_weights = self.teacher_pool.peer_weights(step)
         any_peer = tf.reduce_any(peer_weights > 0)
         weight = self._schedule(step) * tf.cast(any_peer, tf.float32)
@@ -368,11 +380,11 @@ class CodistillModel(keras.Model):
             active=active,
         )
 
-    def _update_trackers(self, y_pred, terms, step):
+    def _update_trackers(self, terms, step):
         # Keras' loss tracker convention: per-replica (unscaled) mean, weighted
         # by the local batch size, so that result() is the global mean.
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
-        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        batch = tf.cast(tf.shape(terms["per_example"])[0], tf.float32)
         task_loss = terms["task_loss"] * replicas
         self._loss_tracker.update_state(task_loss, sample_weight=batch)
         self._task_loss_tracker.update_state(task_loss, sample_weight=batch)
@@ -421,7 +433,7 @@ class CodistillModel(keras.Model):
                 lambda: tf.constant(0.0),
             )
         self.optimizer.minimize(terms["total"], variables, tape=tape)
-        self._update_trackers(y_pred, terms, step)
+        self._update_trackers(terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
 
@@ -438,7 +450,7 @@ class CodistillModel(keras.Model):
         )
         y_pred = self.student(x, training=False)
         terms = self._step_terms(x, y, y_pred, sample_weight, step)
-        self._update_trackers(y_pred, terms, step)
+        self._update_trackers(terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
 

@@ -76,6 +76,7 @@ def create(
     max_staleness_steps: Optional[int],
     max_to_keep: int,
     own_step: Callable[[], int],
+    distill_output: teachers.OutputChoice = None,
 ) -> tuple[teachers.TeacherPool, ExchangeClient]:
     """A group's teacher pool and the client that fills it (see `CodistillModel`).
 
@@ -99,6 +100,7 @@ def create(
         else (),
         buffers=2 if background else 1,
         max_staleness_steps=max_staleness_steps,
+        distill_output=distill_output,
     )
     client = ExchangeClient(
         pool,

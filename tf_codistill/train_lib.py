@@ -220,6 +220,7 @@ def train_group(
     # Codistillation.
     codistill: bool = True,
     distill_loss: Union[str, losses.DistillationLoss] = "softmax_cross_entropy",
+    distill_output: Union[None, int, str] = None,
     distill_weight: Union[float, schedules.DistillWeightSchedule] = 1.0,
     burn_in_steps: Optional[int] = None,
     exchange_every_n_steps: int = 50,
@@ -266,6 +267,8 @@ def train_group(
       codistill: False trains an independent group (no distillation; it still
         publishes, e.g. for an ensemble baseline).
       distill_loss: psi, by name or object.
+      distill_output: for a model with several outputs, the (logits) output
+        psi reads, by name or index (`CodistillModel`).
       distill_weight: weight after burn-in, or a schedule.
       burn_in_steps: steps without distillation, for a numeric
         `distill_weight` (None: the paper's 3000).
@@ -338,6 +341,7 @@ def train_group(
             num_groups=num_groups,
             exchange_dir=root_dir,
             distill_loss=distill_loss,
+            distill_output=distill_output,
             distill_weight=distill_weight,
             burn_in_steps=burn_in_steps,
             exchange_every_n_steps=exchange_every_n_steps,
