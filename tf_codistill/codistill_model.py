@@ -358,7 +358,7 @@ class CodistillModel(keras.Model):
                     x, y_pred, peer_weights, active, self._distill_loss
                 )
             nonfinite = tf.cast(active, tf.float32) * (peer_weights - usable)
-            self.teacher_pool.nonfinite.update_state(nonfinite)
+            self.teacher_pool.count_nonfinite(nonfinite, training)
             # psi counts only with a teacher whose predictions are finite.
             any_usable = tf.reduce_any(usable > 0)
             active = tf.logical_and(active, any_usable)

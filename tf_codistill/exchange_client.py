@@ -281,7 +281,9 @@ class ExchangeClient:
         # Per peer: a checkpoint step that was refused (failed to load, or its
         # teacher predicted NaN/Inf); not loaded again.
         self._refused: dict[int, int] = {}
-        self._nonfinite_seen = np.zeros(pool.num_slots)
+        # Non-finite training batches per slot already acted on (set at the
+        # first start, after BackupAndRestore).
+        self._nonfinite_seen: Optional[np.ndarray] = None
         self._loaders: dict[int, exchange.TeacherLoader] = {}
         self._assigned: tuple[int, ...] = ()
         self._reads: Optional[_BackgroundReads] = None
@@ -344,6 +346,9 @@ class ExchangeClient:
           poll_s: polling interval of the barrier.
         """
         self.set_interval(interval)
+        if self.peers and self._nonfinite_seen is None:
+            # A count restored by BackupAndRestore is history, not news.
+            self._nonfinite_seen = self._pool.nonfinite_training_batches()
         if wait_for_peers_s > 0 and self.peers:
             self._wait_for_peers(wait_for_peers_s, poll_s)
         else:
@@ -570,18 +575,21 @@ class ExchangeClient:
         The train step already left such a teacher out of every batch where
         its predictions were not finite; this takes it out of use until its
         peer publishes a new checkpoint (the same one is not loaded again).
-        Reads one small metric from the device; under
+        Reads one small variable from the device; under
         MultiWorkerMirroredStrategy call it on every worker at the same step.
+
+        Counts training batches only, in a counter Keras never resets (its
+        metrics are reset every epoch and by evaluation, which would miss
+        batches or count evaluation's).
 
         Returns:
           The peers whose teachers were dropped.
         """
         if not self.peers:
             return []
-        counts = self._pool.nonfinite.per_slot()
-        if np.any(counts < self._nonfinite_seen):  # The metric was reset (new epoch).
-            self._nonfinite_seen = np.zeros_like(counts)
-        fresh = counts - self._nonfinite_seen
+        counts = self._pool.nonfinite_training_batches()
+        seen = np.zeros_like(counts) if self._nonfinite_seen is None else self._nonfinite_seen
+        fresh = counts - seen
         self._nonfinite_seen = counts
         dropped = []
         for k in np.flatnonzero(fresh > 0):

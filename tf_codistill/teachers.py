@@ -96,9 +96,6 @@ class _PerSlotCount(keras.metrics.Metric):
     def reset_state(self):
         self.counts.assign(tf.zeros_like(self.counts))
 
-    def per_slot(self) -> np.ndarray:
-        return tf.convert_to_tensor(self.counts).numpy()
-
 
 def _is_graph_network(model: keras.Model) -> bool:
     """Whether `model` is Sequential or functional, which `clone_model` can copy.
@@ -400,6 +397,18 @@ class TeacherPool(keras.layers.Layer):
         self.teacher_steps = _mirrored_vector([-1] * num_slots, tf.int64, "teacher_steps")
         self.teacher_peers = _mirrored_vector(list(slot_peers), tf.int64, "teacher_peers")
         self.nonfinite = _PerSlotCount(num_slots, name=NONFINITE)
+        # What the host reads to drop a teacher: training batches only, never
+        # reset. (The metric above is reset by Keras every epoch and every
+        # evaluation, and counts evaluation batches too.) Summed over replicas.
+        self._nonfinite_total = self.add_weight(
+            name="nonfinite_training_batches",
+            shape=(num_slots,),
+            initializer="zeros",
+            dtype=tf.float32,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
         self._host: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
     @staticmethod
@@ -554,7 +563,20 @@ class TeacherPool(keras.layers.Layer):
             lambda: run(self._spare_teachers[k]),
         )
 
+    def count_nonfinite(self, values: tf.Tensor, training: bool) -> None:
+        """Counts `[num_slots]` batches whose teachers predicted NaN/Inf (in the step)."""
+        self.nonfinite.update_state(values)
+        if training:
+            self._nonfinite_total.assign_add(tf.cast(values, tf.float32))
+
     # Between steps (host).
+
+    def nonfinite_training_batches(self) -> np.ndarray:
+        """Per slot: training batches with a non-finite teacher, since the start.
+
+        Never reset (not a Keras metric), and backed up with the model.
+        """
+        return tf.convert_to_tensor(self._nonfinite_total).numpy()
 
     def holding(self, refresh: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(active buffer, checkpoint step, peer) per slot, as numpy copies.
