@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "CheckpointContentError",
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
@@ -83,7 +84,17 @@ class CheckpointError(Error):
 PeerCheckpointError = CheckpointError
 
 
-class CheckpointMismatchError(CheckpointError):
+class CheckpointContentError(CheckpointError):
+    """A checkpoint that was read and is bad: refused for good, not retried.
+
+    Other variables, NaN or Inf, a step other than its name's, files of absurd
+    size. Any other `CheckpointError` (an I/O error, files vanished or not yet
+    complete) may be transient, and a reader tries again, a bounded number of
+    times.
+    """
+
+
+class CheckpointMismatchError(CheckpointContentError):
     """A checkpoint whose variables are not this model's (names, shapes, dtypes)."""
 
 

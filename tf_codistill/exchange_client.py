@@ -13,8 +13,10 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
   multi-worker groups reload at the exchange boundary, the workers agreeing
   on every checkpoint (`distribute.agree_min`) so that all replicas share
   one teacher;
-* a teacher that predicted NaN or Inf is dropped, and a refused checkpoint
-  is not tried again (the peer's next one is).
+* a teacher that predicted NaN or Inf is dropped; a checkpoint of bad
+  content is not read again, one whose read failed (maybe transiently) is
+  read again a bounded number of times (`MAX_READ_ATTEMPTS`); the peer's next
+  checkpoint is tried either way.
 
 `ExchangeCallback` drives it through five calls (`start`, `exchange`, `poll`,
 `logs`, `finish`); `CodistillModel.fit` adds that callback by itself.
@@ -23,6 +25,7 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -158,19 +161,61 @@ class _Outcomes:
                 )
 
 
+# Reads of one checkpoint that may fail (I/O errors, files vanished or not yet
+# complete) before it is refused; bad content is refused at once.
+MAX_READ_ATTEMPTS = 3
+
+
+class _Refusals:
+    """Which peer checkpoints are not to be read again.
+
+    Bad content (`errors.CheckpointContentError`: other variables, NaN/Inf, a
+    wrong step inside, a teacher that predicted NaN/Inf) is refused at the
+    first failure; a failed read, which may be transient, is retried at the
+    next reload until `MAX_READ_ATTEMPTS` reads of that checkpoint failed.
+    Either way the peer's next checkpoint is tried. Only the latest failing
+    checkpoint of each peer is remembered (peers publish increasing steps).
+    Read by the background thread, written between steps.
+    """
+
+    def __init__(self, max_attempts: int = MAX_READ_ATTEMPTS):
+        self.max_attempts = max_attempts
+        self._latest: dict[int, tuple[int, int, bool]] = {}  # peer -> (step, attempts, refused)
+
+    def refused(self, peer: int, step: int) -> bool:
+        step_, _, refused = self._latest.get(peer, (None, 0, False))
+        return refused and step_ == step
+
+    def refuse(self, peer: int, step: int) -> None:
+        self._latest[peer] = (step, self.max_attempts, True)
+
+    def failed(self, peer: int, step: int, error: Optional[Exception]) -> str:
+        """Records a failed read of `peer`'s `step`; returns what happens next, for the log."""
+        if isinstance(error, errors.CheckpointContentError):
+            self.refuse(peer, step)
+            return "refused"
+        previous, attempts, _ = self._latest.get(peer, (None, 0, False))
+        attempts = attempts + 1 if previous == step else 1
+        refused = attempts >= self.max_attempts
+        self._latest[peer] = (step, attempts, refused)
+        if refused:
+            return f"refused after {attempts} failed reads"
+        return f"read {attempts} of {self.max_attempts} failed; tried again at the next reload"
+
+
 class _BackgroundReads:
     """Reads the slots' peers' newer checkpoints on a helper thread (single-process groups).
 
     A job stages each new checkpoint and writes it into the slot's spare
     buffer; `poll` or `wait`, between two steps, switches the slots to what
-    the finished job wrote. Refused checkpoints are recorded in `refused`,
-    shared with the client.
+    the finished job wrote. Failed reads are recorded in `refusals` (a
+    `_Refusals`), shared with the client.
     """
 
-    def __init__(self, pool, loaders, refused, outcomes, own_step):
+    def __init__(self, pool, loaders, refusals, outcomes, own_step):
         self._pool = pool
         self._loaders = loaders
-        self._refused = refused
+        self._refusals = refusals
         self._outcomes = outcomes
         self._own_step = own_step
         self._strategy = tf.distribute.get_strategy()
@@ -200,9 +245,9 @@ class _BackgroundReads:
             try:
                 ref = loader.latest()
             except errors.CheckpointError as e:
-                results.append((k, peer, -1, str(e), 0.0))
+                results.append((k, peer, -1, e, 0.0))
                 continue
-            if ref is None or ref.step == self._refused.get(peer):
+            if ref is None or self._refusals.refused(peer, ref.step):
                 continue
             if peer == held_peers[k] and ref.step == held_steps[k]:
                 continue
@@ -210,20 +255,21 @@ class _BackgroundReads:
                 try:
                     loader.stage(ref)
                 except errors.CheckpointError as e:
-                    results.append((k, peer, ref.step, str(e), time.perf_counter() - start))
+                    results.append((k, peer, ref.step, e, time.perf_counter() - start))
                     continue
                 with self._strategy.scope():
                     loader.write(self._pool.buffer(k, 1 - int(active[k])))
-            results.append((k, peer, ref.step, "", time.perf_counter() - start))
+            results.append((k, peer, ref.step, None, time.perf_counter() - start))
         return results
 
     def _harvest(self, job: concurrent.futures.Future) -> list[ReloadOutcome]:
         own_step = self._own_step()
         outcomes = []
-        for k, peer, step, reason, seconds in job.result():
-            if reason:
+        for k, peer, step, error, seconds in job.result():
+            if error is not None:
+                reason = str(error)
                 if step >= 0:
-                    self._refused[peer] = step  # Not retried; the peer will publish anew.
+                    reason += f" ({self._refusals.failed(peer, step, error)})"
                 staleness = own_step - step if step >= 0 else None
                 outcomes.append(ReloadOutcome(peer, "failed", step, staleness, reason=reason))
                 continue
@@ -278,9 +324,8 @@ class ExchangeClient:
                 student, layout.group_dir(exchange_dir, group_index), max_to_keep=max_to_keep
             )
         self._outcomes = _Outcomes(group_index, self.peers)
-        # Per peer: a checkpoint step that was refused (failed to load, or its
-        # teacher predicted NaN/Inf); not loaded again.
-        self._refused: dict[int, int] = {}
+        # Checkpoints not to read again (bad content, or reads failed too often).
+        self._refusals = _Refusals()
         # Non-finite training batches per slot already acted on (set at the
         # first start, after BackupAndRestore).
         self._nonfinite_seen: Optional[np.ndarray] = None
@@ -292,7 +337,7 @@ class ExchangeClient:
             self._loaders = self._make_loaders(builder, student, exchange_dir)
         if self.background:
             self._reads = _BackgroundReads(
-                pool, self._loaders, self._refused, self._outcomes, own_step
+                pool, self._loaders, self._refusals, self._outcomes, own_step
             )
 
     def _make_loaders(self, builder, student, exchange_dir) -> dict[int, exchange.TeacherLoader]:
@@ -476,8 +521,10 @@ class ExchangeClient:
         Does not raise for a peer's sake: a peer without a checkpoint is left
         out, and a checkpoint that cannot be used (missing, truncated, deleted
         mid-read, mismatched, non-finite) leaves the slot's previous teacher
-        in place; either way the reason is logged and returned, and that
-        checkpoint is not tried again (the peer's next one will be). Under
+        in place; either way the reason is logged and returned. A checkpoint
+        of bad content is not tried again, one whose read failed is tried
+        again at the next reloads, `MAX_READ_ATTEMPTS` reads in all; the
+        peer's next checkpoint is tried either way. Under
         MultiWorkerMirroredStrategy every worker must call this at the same
         step: the workers agree on which checkpoint to load and load it only
         if all of them could read it, so that all replicas share one teacher.
@@ -521,14 +568,17 @@ class ExchangeClient:
             if peer == held_peers[k] and step == held_steps[k]:
                 outcomes.append(ReloadOutcome(peer, "unchanged", step, own_step - step))
                 continue
-            if step == self._refused.get(peer):
+            if self._refusals.refused(peer, step):
                 outcomes.append(ReloadOutcome(peer, "left_out", step, own_step - step))
                 continue
-            outcome, mismatch = self._load_agreed(k, peer, step, int(active[k]), own_step)
+            outcome, error = self._load_agreed(k, peer, step, int(active[k]), own_step)
+            if outcome.status != "loaded":
+                next_ = self._refusals.failed(peer, step, error)
+                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} ({next_})")
             outcomes.append(outcome)
             if outcome.status == "loaded":
                 continue
-            self._refused[peer] = step
+            mismatch = isinstance(error, errors.CheckpointMismatchError)
             ever_loaded = peer == held_peers[k] and held_steps[k] >= 0
             if mismatch and raise_on_mismatch and not ever_loaded:
                 self._outcomes.record(outcomes)
@@ -544,18 +594,17 @@ class ExchangeClient:
         """Stages `peer`'s `ckpt-<step>` on every worker; writes it into slot k if all could.
 
         Returns:
-          (the outcome, whether the checkpoint's variables mismatched ours).
+          (the outcome, this worker's error staging it, None if none).
         """
         start = time.perf_counter()
         loader = self._loaders[peer]
         ref = exchange.CheckpointRef(layout.checkpoint_prefix(loader.directory, step), step)
-        reason, mismatch = "", False
+        reason, error = "", None
         with loader.lock:
             try:
                 exchange.outside_strategy(loader.stage, ref)
             except errors.CheckpointError as e:
-                reason = str(e)
-                mismatch = isinstance(e, errors.CheckpointMismatchError)
+                reason, error = str(e), e
             all_ok = distribute.agree_min([0 if reason else 1], self._strategy)[0] == 1
             if all_ok:
                 # Written into the buffer not in use, then switched to.
@@ -565,9 +614,9 @@ class ExchangeClient:
                 self._pool.switch(k, buffer, step, peer)
         if all_ok:
             seconds = time.perf_counter() - start
-            return ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds), False
+            return ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds), None
         reason = reason or "another worker of this group could not read it"
-        return ReloadOutcome(peer, "failed", step, own_step - step, reason=reason), mismatch
+        return ReloadOutcome(peer, "failed", step, own_step - step, reason=reason), error
 
     def drop_nonfinite_teachers(self) -> list[int]:
         """Drops teachers that predicted NaN/Inf since the last call.
@@ -598,7 +647,7 @@ class ExchangeClient:
             if steps[k] < 0:
                 continue
             peer = int(peers[k])
-            self._refused[peer] = int(steps[k])
+            self._refusals.refuse(peer, int(steps[k]))
             self._pool.switch(k, int(active[k]), -1)
             self.fault_counts["teachers_dropped"] += 1
             dropped.append(peer)
