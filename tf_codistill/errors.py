@@ -32,6 +32,7 @@ __all__ = [
     "EvaluationError",
     "ExchangeWriteError",
     "GinConfigError",
+    "GroupOwnedError",
     "MalformedLineError",
     "PeerCheckpointError",
     "PeerMismatchError",
@@ -62,6 +63,10 @@ class MalformedLineError(ConfigError):
 
 class GinConfigError(ConfigError):
     """A gin file or binding is wrong; the message names it."""
+
+
+class GroupOwnedError(ConfigError):
+    """Another live process writes this group's directory (the same group started twice)."""
 
 
 class PeerMismatchError(ConfigError):

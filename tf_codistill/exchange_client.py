@@ -41,6 +41,7 @@ from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import layout
+from tf_codistill import ownership
 from tf_codistill import peer_selection
 from tf_codistill import teachers
 
@@ -318,6 +319,8 @@ class ExchangeClient:
         self.selection = selection
         self._own_step = own_step
         self._publisher = None
+        # This process's claim on the group directory while it publishes.
+        self._owner: Optional[ownership.GroupOwner] = None
         self._publications = 0
         if distribute.is_chief(self._strategy):
             self._publisher = exchange.Publisher(
@@ -390,6 +393,7 @@ class ExchangeClient:
             for every peer's first checkpoint (a start barrier).
           poll_s: polling interval of the barrier.
         """
+        self._own()
         self.set_interval(interval)
         if self.peers and self._nonfinite_seen is None:
             # A count restored by BackupAndRestore is history, not news.
@@ -463,9 +467,25 @@ class ExchangeClient:
         return logs
 
     def finish(self) -> None:
-        """At the end of training: takes in a running background read, publishes."""
+        """At the end of training: takes in a running background read, publishes.
+
+        Then lets go of the group directory (`ownership`), which this process
+        owned while it trained.
+        """
         self.wait()
         self.publish()
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            owner.release()
+
+    def _own(self) -> None:
+        """Makes this process the group directory's owner, if it publishes (the chief).
+
+        Raises:
+          errors.GroupOwnedError: another live process writes this group.
+        """
+        if self._publisher is not None and self._owner is None:
+            self._owner = ownership.claim(self._publisher.directory, f"group {self.group_index}")
 
     # The operations themselves.
 
@@ -482,9 +502,12 @@ class ExchangeClient:
 
         Raises:
           ExchangeWriteError: the exchange directory cannot be written.
+          GroupOwnedError: another live process writes this group's directory.
         """
         if self._publisher is None:
             return None
+        self._own()
+        self._owner.check()  # Stops here if another process took the group over.
         step = self._own_step()
         if step != self._publisher.last_published_step and self._publisher.is_published(step):
             # A restarted group going again through steps it published before.

@@ -32,6 +32,7 @@ from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import layout
 from tf_codistill import losses
+from tf_codistill import ownership
 from tf_codistill import peer_selection as peer_selection_lib
 from tf_codistill import schedules
 from tf_codistill.datasets import sharding
@@ -317,157 +318,162 @@ def train_group(
     )
     chief = distribute.is_chief(strategy)
     group_dir = layout.group_dir(root_dir, group_index)
-    # TensorBoard output of non-chief workers goes to a throw-away directory.
-    summary_dir = layout.tensorboard_dir(_writable_dir(group_dir, chief))
-    prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
-    logging.info(
-        "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
-        prefix,
-        train_steps,
-        global_batch_size,
-        type(strategy).__name__,
-        strategy.num_replicas_in_sync,
-        distribute.num_workers(strategy),
-        data_split,
-        root_dir,
-    )
-
-    keras.utils.set_random_seed(model_seed + group_index)
-    with strategy.scope():
-        student = model_fn()
-        model = codistill_model.CodistillModel(
-            student,
-            group_index=group_index,
-            num_groups=num_groups,
-            exchange_dir=root_dir,
-            distill_loss=distill_loss,
-            distill_output=distill_output,
-            distill_weight=distill_weight,
-            burn_in_steps=burn_in_steps,
-            exchange_every_n_steps=exchange_every_n_steps,
-            peer_selection=peer_selection,
-            peer_indices=None if codistill else [],
-            teacher_builder=model_fn,
-            max_checkpoints_to_keep=checkpoints_to_keep,
-            max_staleness_steps=max_staleness_steps,
-        )
-        model.compile(
-            optimizer=optimizer(),
-            loss=loss,
-            metrics=[_metric(m) for m in metrics],
-            weighted_metrics=[_metric(m) for m in weighted_metrics] or None,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-        )
-    logging.info("%s: student %s has %d parameters", prefix, student.name, student.count_params())
-
-    backup_dir = layout.backup_dir(group_dir)
-    initial_step = resumed_step(backup_dir)
-    if initial_step:
+    # The chief owns the group's directory before it writes anything there: a
+    # second process started as this group is refused here (ownership.py).
+    with ownership.owning(group_dir, f"group {group_index}", chief):
+        # TensorBoard output of non-chief workers goes to a throw-away directory.
+        summary_dir = layout.tensorboard_dir(_writable_dir(group_dir, chief))
+        prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
         logging.info(
-            "%s: resuming at step %d; the training data continues there", prefix, initial_step
+            "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
+            prefix,
+            train_steps,
+            global_batch_size,
+            type(strategy).__name__,
+            strategy.num_replicas_in_sync,
+            distribute.num_workers(strategy),
+            data_split,
+            root_dir,
         )
-    train_data = _input(
-        strategy,
-        input_fn,
-        True,
-        global_batch_size,
-        group_index,
-        num_groups,
-        data_split,
-        data_seed,
-        initial_step,
-    )
-    eval_data = _input(
-        strategy,
-        eval_input_fn or input_fn,
-        False,
-        eval_batch_size or global_batch_size,
-        group_index,
-        num_groups,
-        data_split,
-        data_seed,
-    )
-    if eval_steps is None and not distribute.is_default(strategy):
-        eval_steps = _distributed_eval_steps(
+
+        keras.utils.set_random_seed(model_seed + group_index)
+        with strategy.scope():
+            student = model_fn()
+            model = codistill_model.CodistillModel(
+                student,
+                group_index=group_index,
+                num_groups=num_groups,
+                exchange_dir=root_dir,
+                distill_loss=distill_loss,
+                distill_output=distill_output,
+                distill_weight=distill_weight,
+                burn_in_steps=burn_in_steps,
+                exchange_every_n_steps=exchange_every_n_steps,
+                peer_selection=peer_selection,
+                peer_indices=None if codistill else [],
+                teacher_builder=model_fn,
+                max_checkpoints_to_keep=checkpoints_to_keep,
+                max_staleness_steps=max_staleness_steps,
+            )
+            model.compile(
+                optimizer=optimizer(),
+                loss=loss,
+                metrics=[_metric(m) for m in metrics],
+                weighted_metrics=[_metric(m) for m in weighted_metrics] or None,
+                steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile,
+            )
+        logging.info(
+            "%s: student %s has %d parameters", prefix, student.name, student.count_params()
+        )
+
+        backup_dir = layout.backup_dir(group_dir)
+        initial_step = resumed_step(backup_dir)
+        if initial_step:
+            logging.info(
+                "%s: resuming at step %d; the training data continues there", prefix, initial_step
+            )
+        train_data = _input(
+            strategy,
+            input_fn,
+            True,
+            global_batch_size,
+            group_index,
+            num_groups,
+            data_split,
+            data_seed,
+            initial_step,
+        )
+        eval_data = _input(
             strategy,
             eval_input_fn or input_fn,
+            False,
             eval_batch_size or global_batch_size,
             group_index,
             num_groups,
             data_split,
             data_seed,
         )
-        logging.info("%s: %d evaluation steps", prefix, eval_steps)
-    if chief:
-        _write_operative_config(group_dir)
-    history = _History(layout.metrics_path(group_dir) if chief else None)
-    fit_callbacks = [
-        _BackupAndRestore(
-            # The same directory on every worker: Keras lets only the chief
-            # write there, and a restarted non-chief worker reads it back.
-            backup_dir,
-            # Keras counts executions (of steps_per_execution steps), not steps.
-            save_freq=max(1, backup_every_n_steps // steps_per_execution),
-            delete_checkpoint=False,
-        ),
-        callbacks_lib.ExchangeCallback(
-            exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
-        ),
-    ]
-    if noise_scale_every_n_steps:
-        # Before the history and the writers, which then see its estimate.
-        fit_callbacks.append(
-            callbacks_lib.GradientNoiseScale(
-                noise_scale_every_n_steps,
-                read_every_n_steps=min(log_every_n_steps, steps_per_loop),
+        if eval_steps is None and not distribute.is_default(strategy):
+            eval_steps = _distributed_eval_steps(
+                strategy,
+                eval_input_fn or input_fn,
+                eval_batch_size or global_batch_size,
+                group_index,
+                num_groups,
+                data_split,
+                data_seed,
             )
+            logging.info("%s: %d evaluation steps", prefix, eval_steps)
+        if chief:
+            _write_operative_config(group_dir)
+        history = _History(layout.metrics_path(group_dir) if chief else None)
+        fit_callbacks = [
+            _BackupAndRestore(
+                # The same directory on every worker: Keras lets only the chief
+                # write there, and a restarted non-chief worker reads it back.
+                backup_dir,
+                # Keras counts executions (of steps_per_execution steps), not steps.
+                save_freq=max(1, backup_every_n_steps // steps_per_execution),
+                delete_checkpoint=False,
+            ),
+            callbacks_lib.ExchangeCallback(
+                exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
+            ),
+        ]
+        if noise_scale_every_n_steps:
+            # Before the history and the writers, which then see its estimate.
+            fit_callbacks.append(
+                callbacks_lib.GradientNoiseScale(
+                    noise_scale_every_n_steps,
+                    read_every_n_steps=min(log_every_n_steps, steps_per_loop),
+                )
+            )
+        fit_callbacks += [
+            history,
+            callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
+            callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
+        ]
+        extra_callbacks = [c if isinstance(c, keras.callbacks.Callback) else c() for c in callbacks]
+        fit_callbacks += extra_callbacks
+        model.fit(
+            train_data,
+            epochs=train_steps // steps_per_loop,
+            steps_per_epoch=steps_per_loop,
+            validation_data=eval_data,
+            validation_steps=eval_steps,
+            callbacks=fit_callbacks,
+            verbose=0,
         )
-    fit_callbacks += [
-        history,
-        callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
-        callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
-    ]
-    extra_callbacks = [c if isinstance(c, keras.callbacks.Callback) else c() for c in callbacks]
-    fit_callbacks += extra_callbacks
-    model.fit(
-        train_data,
-        epochs=train_steps // steps_per_loop,
-        steps_per_epoch=steps_per_loop,
-        validation_data=eval_data,
-        validation_steps=eval_steps,
-        callbacks=fit_callbacks,
-        verbose=0,
-    )
-    if not history.evaluations:  # Resumed after the last epoch: evaluate once.
-        logs = model.evaluate(
-            eval_data, steps=eval_steps, verbose=0, return_dict=True, callbacks=extra_callbacks
+        if not history.evaluations:  # Resumed after the last epoch: evaluate once.
+            logs = model.evaluate(
+                eval_data, steps=eval_steps, verbose=0, return_dict=True, callbacks=extra_callbacks
+            )
+            history.record(
+                int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
+            )
+        history.extra = dict(
+            group_index=group_index,
+            num_groups=num_groups,
+            codistill=codistill,
+            data_split=data_split,
+            steps=int(model.optimizer.iterations.numpy()),
+            wall_seconds=time.time() - start_time,
+            teacher_reloads={str(k): v for k, v in model.reload_counts.items()},
         )
-        history.record(
-            int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
+        history.write()
+        results = history.results()
+        if chief:
+            _write_operative_config(group_dir)
+        final = results["final"]
+        logging.info(
+            "%s: done, %d steps in %.0f s; final %s",
+            prefix,
+            results["steps"],
+            results["wall_seconds"],
+            callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
         )
-    history.extra = dict(
-        group_index=group_index,
-        num_groups=num_groups,
-        codistill=codistill,
-        data_split=data_split,
-        steps=int(model.optimizer.iterations.numpy()),
-        wall_seconds=time.time() - start_time,
-        teacher_reloads={str(k): v for k, v in model.reload_counts.items()},
-    )
-    history.write()
-    results = history.results()
-    if chief:
-        _write_operative_config(group_dir)
-    final = results["final"]
-    logging.info(
-        "%s: done, %d steps in %.0f s; final %s",
-        prefix,
-        results["steps"],
-        results["wall_seconds"],
-        callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
-    )
-    return results
+        return results
 
 
 class _History(keras.callbacks.Callback):
