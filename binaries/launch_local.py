@@ -28,6 +28,12 @@ flags.DEFINE_integer("workers_per_group", 1, "Worker processes per group.", lowe
 flags.DEFINE_bool("baseline", True, "Also train group 0's model on its data without distillation.")
 flags.DEFINE_float("timeout_s", 1800, "Stop everything after this many seconds.")
 flags.DEFINE_float("grace_s", 10, "Seconds between SIGTERM and SIGKILL when stopping.")
+flags.DEFINE_bool(
+    "allow_no_distillation",
+    False,
+    "Let groups that never distilled exit 0 (train.py --allow_no_distillation); by default "
+    "such a group fails, and so does the launcher.",
+)
 
 FLAGS = flags.FLAGS
 
@@ -41,7 +47,12 @@ def main(argv):
         FLAGS.num_groups,
         FLAGS.workers_per_group,
         FLAGS.gin_file,
-        FLAGS.gin_bindings,
+        FLAGS.gin_bindings
+        + (
+            ["tf_codistill.train_lib.train_group.allow_no_distillation = True"]
+            if FLAGS.allow_no_distillation
+            else []
+        ),
         baseline=FLAGS.baseline,
         timeout_s=FLAGS.timeout_s,
         grace_s=FLAGS.grace_s,

@@ -31,6 +31,13 @@ flags.DEFINE_enum(
     "tf.distribute strategy of the group (multi_worker_mirrored reads TF_CONFIG).",
 )
 flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
+flags.DEFINE_bool(
+    "allow_no_distillation",
+    False,
+    "Exit 0 even if this codistilling group never distilled (no peer checkpoint loaded, "
+    "all refused, or a zero weight throughout); by default that exits 1 after writing "
+    "the results.",
+)
 flags.mark_flag_as_required("root_dir")
 
 FLAGS = flags.FLAGS
@@ -48,7 +55,11 @@ def main(argv):
         raise errors.ConfigError("give at least one --gin_file (e.g. demo/codistill.gin)")
     gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
-    train_lib.train_group(FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy)
+    # Passed only when set, so that a gin binding of it still counts.
+    extra = {"allow_no_distillation": True} if FLAGS.allow_no_distillation else {}
+    train_lib.train_group(
+        FLAGS.root_dir, FLAGS.group_index, FLAGS.num_groups, strategy=strategy, **extra
+    )
 
 
 def run():

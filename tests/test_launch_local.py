@@ -57,3 +57,37 @@ def test_two_groups_and_baseline_as_processes(tmp_path):
         baseline = json.load(f)
     assert baseline["codistill"] is False and baseline["final"]["val_distill_loss"] == 0
     assert not os.path.exists(os.path.join(tmp_path, "baseline", "group_1"))
+
+
+def test_a_run_without_distillation_fails_unless_allowed(tmp_path):
+    # Burn-in beyond the last step: the groups exchange but never distil.
+    launcher = os.path.join(testing.repo_root(), "binaries", "launch_local.py")
+    outputs = {}
+    for allow in (False, True):
+        root = tmp_path / ("allowed" if allow else "strict")
+        result = subprocess.run(
+            [
+                sys.executable,
+                launcher,
+                "--gin_file=demo/tiny.gin",
+                "--gin_bindings=tf_codistill.train_lib.train_group.burn_in_steps = 1000",
+                "--num_groups=2",
+                "--nobaseline",
+                f"--root_dir={root}",
+                "--timeout_s=240",
+                "--grace_s=5",
+                *(["--allow_no_distillation"] if allow else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        outputs[allow] = (result.returncode, result.stdout + result.stderr)
+        for g in (0, 1):
+            with open(os.path.join(root, f"group_{g}", "metrics.json")) as f:
+                assert json.load(f)["distillation"]["happened"] is False
+    for allow, (code, out) in outputs.items():
+        assert (code == 0) == allow, out[-5000:]
+        for g in (0, 1):
+            assert f"group {g}: NO DISTILLATION happened: teachers were loaded" in out, out[-3000:]
+    assert "train.py: group 0 never distilled: the distillation weight" in outputs[False][1]

@@ -96,7 +96,7 @@ class ExchangeCallback(StepCounting):
 
     The callback talks to the model's `exchange_client` only (an
     `exchange_client.ExchangeClient`: `start`, `exchange`, `poll`, `logs`,
-    `finish`, `background`).
+    `note_distill_weight`, `finish`, `background`).
 
     Args:
       every_n_steps: exchange interval in train steps; defaults to the model's
@@ -157,6 +157,8 @@ class ExchangeCallback(StepCounting):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
+            # The epoch's mean weight in effect: > 0 if any step used psi.
+            self.client.note_distill_weight(logs.get("distill_weight"))
             logs.update(self.client.logs(self.step))
 
     def on_train_end(self, logs=None):

@@ -34,6 +34,7 @@ __all__ = [
     "GinConfigError",
     "GroupOwnedError",
     "MalformedLineError",
+    "NoDistillationError",
     "PeerCheckpointError",
     "PeerMismatchError",
     "check_int",
@@ -67,6 +68,10 @@ class GinConfigError(ConfigError):
 
 class GroupOwnedError(ConfigError):
     """Another live process writes this group's directory (the same group started twice)."""
+
+
+class NoDistillationError(Error, RuntimeError):
+    """A codistilling group that never distilled (and was not allowed to)."""
 
 
 class PeerMismatchError(ConfigError):

@@ -18,8 +18,9 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
   read again a bounded number of times (`MAX_READ_ATTEMPTS`); the peer's next
   checkpoint is tried either way.
 
-`ExchangeCallback` drives it through five calls (`start`, `exchange`, `poll`,
-`logs`, `finish`); `CodistillModel.fit` adds that callback by itself.
+`ExchangeCallback` drives it through six calls (`start`, `exchange`, `poll`,
+`logs`, `note_distill_weight`, `finish`); `CodistillModel.fit` adds that
+callback by itself.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class _Outcomes:
         self.last_status: dict[int, Optional[str]] = {p: None for p in peers}
         self.reload_counts = {p: {"loaded": 0, "failed": 0} for p in peers}
         self.fault_counts = {"peer_reload_failures": 0, "teachers_dropped": 0}
+        self.last_failure: dict[int, str] = {}
 
     def record(self, outcomes: Sequence[ReloadOutcome]) -> None:
         for o in outcomes:
@@ -145,6 +147,7 @@ class _Outcomes:
                     o.seconds,
                 )
             elif o.status == "failed":
+                self.last_failure[o.peer] = o.reason
                 self.reload_counts[o.peer]["failed"] += 1
                 self.fault_counts["peer_reload_failures"] += 1
                 logging.warning(
@@ -327,6 +330,8 @@ class ExchangeClient:
                 student, layout.group_dir(exchange_dir, group_index), max_to_keep=max_to_keep
             )
         self._outcomes = _Outcomes(group_index, self.peers)
+        # Whether a train step used psi (weight > 0), since the start.
+        self._distilled = False
         # Checkpoints not to read again (bad content, or reads failed too often).
         self._refusals = _Refusals()
         # Non-finite training batches per slot already acted on (set at the
@@ -466,6 +471,50 @@ class ExchangeClient:
         logs.update({k: float(v) for k, v in self.fault_counts.items()})
         return logs
 
+    def note_distill_weight(self, weight) -> None:
+        """Records that training used psi if `weight` (a step's or mean weight) is > 0."""
+        if weight is not None and float(np.asarray(weight)) > 0:
+            self._distilled = True
+
+    def distillation(self) -> dict:
+        """Whether this group distilled, and what became of each peer (for metrics.json).
+
+        Returns:
+          `{"happened": bool, "peers": {peer: {"loaded", "failed",
+          "last_failure"}}, "never_loaded": [peers], "why_not": str}`;
+          `why_not` is empty when it happened, else says why not, peer by peer.
+        """
+        peers, never_loaded, reasons = {}, [], []
+        for peer in self.peers:
+            counts = self._outcomes.reload_counts[peer]
+            last = self._outcomes.last_failure.get(peer, "")
+            peers[str(peer)] = {**counts, "last_failure": last}
+            if counts["loaded"]:
+                continue
+            never_loaded.append(peer)
+            if counts["failed"]:
+                reasons.append(
+                    f"peer {peer}'s checkpoints were all refused ({counts['failed']} failed "
+                    f"reads; last: {last})"
+                )
+            else:
+                reasons.append(f"peer {peer} published no checkpoint")
+        happened = self._distilled
+        if not self.peers:
+            why_not = "" if happened else "it has no peers"
+        elif happened:
+            why_not = ""
+        elif reasons:
+            why_not = "; ".join(reasons)
+        else:
+            why_not = "teachers were loaded but the distillation weight was 0 at every step"
+        return {
+            "happened": happened,
+            "peers": peers,
+            "never_loaded": never_loaded,
+            "why_not": why_not,
+        }
+
     def finish(self) -> None:
         """At the end of training: takes in a running background read, publishes.
 
@@ -474,6 +523,13 @@ class ExchangeClient:
         """
         self.wait()
         self.publish()
+        report = self.distillation()
+        if self.peers and not report["happened"]:
+            logging.warning(
+                "Group %d: no distillation happened in this fit: %s",
+                self.group_index,
+                report["why_not"],
+            )
         if self._owner is not None:
             owner, self._owner = self._owner, None
             owner.release()

@@ -279,6 +279,10 @@ def format_summary(rows: Sequence[tuple[str, Any]]) -> str:
             f"{name:46s} {final.get('val_task_loss', float('nan')):10.4f} {best_text:>16s} "
             f"{accuracy if accuracy is None else f'{accuracy:.4f}':>9} {m.get('steps', '-'):>6}"
         )
+    for name, m in rows:
+        distillation = (m or {}).get("distillation") or {}
+        if m and m.get("codistill", True) and distillation.get("why_not"):
+            lines.append(f"{name}: NO DISTILLATION happened: {distillation['why_not']}")
     done = [m for _, m in rows if m and m.get("final")]
     if len(done) == len(rows) and rows[-1][0].startswith(BASELINE) and len(rows) > 1:
         base = rows[-1][1]["final"]["val_task_loss"]

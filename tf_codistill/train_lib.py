@@ -229,6 +229,7 @@ def train_group(
     max_staleness_steps: Optional[int] = None,
     checkpoints_to_keep: int = 5,
     wait_for_peers_s: float = 0.0,
+    allow_no_distillation: bool = False,
     # Bookkeeping.
     backup_every_n_steps: Optional[int] = None,
     log_every_n_steps: int = 100,
@@ -282,6 +283,11 @@ def train_group(
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
         first checkpoint before the first step (0: no barrier).
+      allow_no_distillation: accept a codistilling group that never distilled
+        (no peer checkpoint ever loaded, every one refused, or a weight of 0
+        throughout); otherwise that ends in `NoDistillationError` after the
+        results are written. Groups without peers (`codistill=False`, one
+        group) are never such a case.
       backup_every_n_steps: interval of the resume state, in train steps
         (whole executions of `steps_per_execution` steps, rounded down);
         defaults to `steps_per_loop`.
@@ -295,13 +301,16 @@ def train_group(
 
     Returns:
       A dict with the last evaluation (`final`), every evaluation (`history`),
-      the best evaluation task loss and its step (`best`), and timings; also
-      written to `<root_dir>/group_<i>/metrics.json`.
+      the best evaluation task loss and its step (`best`), whether the group
+      distilled and what became of each peer's checkpoints (`distillation`),
+      and timings; also written to `<root_dir>/group_<i>/metrics.json`.
 
     Raises:
       ValueError: an inconsistent setting, naming it.
       ExchangeWriteError: the group's directory cannot be written (full or
         unwritable); what was published before stays complete and readable.
+      GroupOwnedError: another live process trains this group.
+      NoDistillationError: see `allow_no_distillation`.
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
@@ -407,7 +416,9 @@ def train_group(
             logging.info("%s: %d evaluation steps", prefix, eval_steps)
         if chief:
             _write_operative_config(group_dir)
-        history = _History(layout.metrics_path(group_dir) if chief else None)
+        history = _History(
+            layout.metrics_path(group_dir), chief, model.exchange_client.distillation
+        )
         fit_callbacks = [
             _BackupAndRestore(
                 # The same directory on every worker: Keras lets only the chief
@@ -473,7 +484,39 @@ def train_group(
             results["wall_seconds"],
             callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
         )
+        _check_distillation(model, results, train_steps, prefix, allow_no_distillation)
         return results
+
+
+def _check_distillation(model, results, train_steps, prefix, allow: bool) -> None:
+    """Says so, and raises unless `allow`, when a codistilling group never distilled.
+
+    Raises:
+      errors.NoDistillationError: with the reason, peer by peer.
+    """
+    report = results["distillation"]
+    if not model.peer_indices:  # An independent group: nothing to distil from.
+        return
+    if report["never_loaded"] and report["happened"]:
+        logging.warning(
+            "%s: no teacher was ever loaded from peers %s", prefix, report["never_loaded"]
+        )
+    if report["happened"]:
+        return
+    why = report["why_not"]
+    last_weight = float(model.distill_weight_schedule(tf.constant(train_steps - 1, tf.int64)))
+    if last_weight <= 0:
+        why = (
+            f"the distillation weight ({model.distill_weight_schedule!r}) is 0 up to the "
+            f"last step, {train_steps - 1}; {why}"
+        )
+    message = f"{prefix} never distilled: {why}"
+    logging.warning("%s", message)
+    if not allow:
+        raise errors.NoDistillationError(
+            f"{message}. Its model and metrics are written; pass --allow_no_distillation "
+            "(train_group.allow_no_distillation = True) to accept a run without distillation"
+        )
 
 
 class _History(keras.callbacks.Callback):
@@ -484,19 +527,28 @@ class _History(keras.callbacks.Callback):
     it made before it stopped.
     """
 
-    def __init__(self, path: Optional[str]):
+    def __init__(self, path: str, write: bool, distillation: Callable[[], dict[str, Any]]):
         super().__init__()
         self.path = path
+        self._writes = write
+        self._distillation = distillation
         self.evaluations = []
         self.extra: dict[str, Any] = {}
+        # An earlier process of this run (before a restart) distilled.
+        self._distilled_before = False
 
     def on_train_begin(self, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if self.path and tf.io.gfile.exists(self.path):
+        if step and tf.io.gfile.exists(self.path):  # A restarted group's.
             try:
                 with tf.io.gfile.GFile(self.path) as f:
-                    earlier = json.load(f).get("history", [])
-                self.evaluations = [e for e in earlier if e.get("step", step + 1) <= step]
+                    earlier = json.load(f)
+                self.evaluations = [
+                    e for e in earlier.get("history", []) if e.get("step", step + 1) <= step
+                ]
+                self._distilled_before = bool(
+                    (earlier.get("distillation") or {}).get("happened", False)
+                )
             except (ValueError, tf.errors.OpError) as e:
                 logging.warning("Ignoring unreadable %s: %s", self.path, e)
 
@@ -523,10 +575,19 @@ class _History(keras.callbacks.Callback):
         if self.evaluations and "val_task_loss" in self.evaluations[0]:
             best_eval = min(self.evaluations, key=lambda e: e["val_task_loss"])
             best = {"step": best_eval["step"], "val_task_loss": best_eval["val_task_loss"]}
-        return {"final": final, "history": self.evaluations, "best": best, **self.extra}
+        distillation = self._distillation()
+        if self._distilled_before and not distillation["happened"]:
+            distillation.update(happened=True, why_not="", note="in an earlier process")
+        return {
+            "final": final,
+            "history": self.evaluations,
+            "best": best,
+            "distillation": distillation,
+            **self.extra,
+        }
 
     def write(self) -> None:
-        if not self.path:
+        if not self._writes:
             return
         tmp = self.path + ".tmp"
         # Written whole, then renamed: a reader never sees half a file.

@@ -165,7 +165,9 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))
 
 
-def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2):
+def run_train_main(
+    root_dir, gin_files, bindings=(), group_index=0, num_groups=2, allow_no_distillation=False
+):
     """Runs `binaries/train.py`'s `main` in this process with these flags (default strategy)."""
     from absl import flags
 
@@ -178,6 +180,7 @@ def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2
     flags_.num_groups = num_groups
     flags_.strategy = "default"
     flags_.tpu = None
+    flags_.allow_no_distillation = allow_no_distillation
     train.main([])
 
 
