@@ -27,9 +27,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["tf_codistill", "tf_codistill.*"]) + ["tf_codistill_binaries"],
-    # The repository's binaries/ directory, installed under a namespaced name.
-    package_dir={"tf_codistill_binaries": "binaries"},
+    # The programs are tf_codistill.programs (binaries/*.py are shims for a
+    # checkout): a package of its own, mapped from another directory, was
+    # missing from editable installs.
+    packages=find_packages(include=["tf_codistill", "tf_codistill.*"]),
     data_files=gin_data_files(),
     install_requires=[
         # tf-keras must match TensorFlow's minor version.
@@ -56,10 +57,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "tf-codistill-train=tf_codistill_binaries.train:run",
-            "tf-codistill-launch-local=tf_codistill_binaries.launch_local:run",
-            "tf-codistill-evaluate=tf_codistill_binaries.evaluate:run",
-            "tf-codistill-churn=tf_codistill_binaries.churn:run",
+            "tf-codistill-train=tf_codistill.programs.train:run",
+            "tf-codistill-launch-local=tf_codistill.programs.launch_local:run",
+            "tf-codistill-evaluate=tf_codistill.programs.evaluate:run",
+            "tf-codistill-churn=tf_codistill.programs.churn:run",
         ]
     },
 )

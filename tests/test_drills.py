@@ -14,7 +14,7 @@ from tf_codistill.testing import drills
 
 def test_train_command_binds_train_group_parameters():
     argv = drills.train_command("/r", 1, 2, {"train_steps": 40, "x.y": "z"}, "demo/tiny.gin")
-    assert argv[1].endswith(os.path.join("binaries", "train.py"))
+    assert argv[1].endswith(os.path.join("tf_codistill", "programs", "train.py"))
     assert argv[2:6] == [
         "--gin_file=demo/tiny.gin",
         "--root_dir=/r",

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from tf_codistill import exchange
 from tf_codistill import layout
+from tf_codistill import programs
 from tf_codistill import train_lib
 from tf_codistill.testing import fixtures
 
@@ -56,10 +57,13 @@ def train_command(
     gin_file: str = "demo/tiny.gin",
     extra_flags: tuple = (),
 ) -> list[str]:
-    """`python binaries/train.py ...` for one group, with `train_group` bindings."""
+    """`python .../tf_codistill/programs/train.py ...` for one group, with `train_group` bindings.
+
+    The program's file, run as a script: found in a checkout and an install alike.
+    """
     argv = [
         sys.executable,
-        os.path.join(fixtures.repo_root(), "binaries", "train.py"),
+        os.path.join(os.path.dirname(programs.__file__), "train.py"),
         f"--gin_file={gin_file}",
         f"--root_dir={root_dir}",
         f"--group_index={group_index}",
