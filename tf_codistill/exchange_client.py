@@ -164,6 +164,43 @@ class _Outcomes:
                     o.peer,
                 )
 
+    def report(self, distilled: bool) -> dict:
+        """Whether the group distilled, and what became of each peer, for metrics.json.
+
+        Returns:
+          `{"happened": bool, "peers": {peer: {"loaded", "failed",
+          "last_failure"}}, "never_loaded": [peers], "why_not": str}`;
+          `why_not` is empty when it happened, else says why not, peer by peer.
+        """
+        peers, never_loaded, reasons = {}, [], []
+        for peer, counts in self.reload_counts.items():
+            last = self.last_failure.get(peer, "")
+            peers[str(peer)] = {**counts, "last_failure": last}
+            if counts["loaded"]:
+                continue
+            never_loaded.append(peer)
+            if counts["failed"]:
+                reasons.append(
+                    f"peer {peer}'s checkpoints were all refused ({counts['failed']} failed "
+                    f"reads; last: {last})"
+                )
+            else:
+                reasons.append(f"peer {peer} published no checkpoint")
+        if distilled:
+            why_not = ""
+        elif not self.reload_counts:
+            why_not = "it has no peers"
+        elif reasons:
+            why_not = "; ".join(reasons)
+        else:
+            why_not = "teachers were loaded but the distillation weight was 0 at every step"
+        return {
+            "happened": distilled,
+            "peers": peers,
+            "never_loaded": never_loaded,
+            "why_not": why_not,
+        }
+
 
 # Reads of one checkpoint that may fail (I/O errors, files vanished or not yet
 # complete) before it is refused; bad content is refused at once.
@@ -477,43 +514,8 @@ class ExchangeClient:
             self._distilled = True
 
     def distillation(self) -> dict:
-        """Whether this group distilled, and what became of each peer (for metrics.json).
-
-        Returns:
-          `{"happened": bool, "peers": {peer: {"loaded", "failed",
-          "last_failure"}}, "never_loaded": [peers], "why_not": str}`;
-          `why_not` is empty when it happened, else says why not, peer by peer.
-        """
-        peers, never_loaded, reasons = {}, [], []
-        for peer in self.peers:
-            counts = self._outcomes.reload_counts[peer]
-            last = self._outcomes.last_failure.get(peer, "")
-            peers[str(peer)] = {**counts, "last_failure": last}
-            if counts["loaded"]:
-                continue
-            never_loaded.append(peer)
-            if counts["failed"]:
-                reasons.append(
-                    f"peer {peer}'s checkpoints were all refused ({counts['failed']} failed "
-                    f"reads; last: {last})"
-                )
-            else:
-                reasons.append(f"peer {peer} published no checkpoint")
-        happened = self._distilled
-        if not self.peers:
-            why_not = "" if happened else "it has no peers"
-        elif happened:
-            why_not = ""
-        elif reasons:
-            why_not = "; ".join(reasons)
-        else:
-            why_not = "teachers were loaded but the distillation weight was 0 at every step"
-        return {
-            "happened": happened,
-            "peers": peers,
-            "never_loaded": never_loaded,
-            "why_not": why_not,
-        }
+        """Whether this group distilled, and what became of each peer (see `_Outcomes.report`)."""
+        return self._outcomes.report(self._distilled)
 
     def finish(self) -> None:
         """At the end of training: takes in a running background read, publishes.
