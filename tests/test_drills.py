@@ -15,13 +15,14 @@ from tf_codistill.testing import drills
 def test_train_command_binds_train_group_parameters():
     argv = drills.train_command("/r", 1, 2, {"train_steps": 40, "x.y": "z"}, "demo/tiny.gin")
     assert argv[1].endswith(os.path.join("tf_codistill", "programs", "train.py"))
-    assert argv[2:6] == [
+    assert argv[2:7] == [
         "--gin_file=demo/tiny.gin",
         "--root_dir=/r",
         "--group_index=1",
         "--num_groups=2",
+        "--verbosity=1",
     ]
-    assert argv[6:] == [
+    assert argv[7:] == [
         "--gin_bindings=tf_codistill.train_lib.train_group.train_steps = 40",
         "--gin_bindings=x.y = 'z'",
     ]
@@ -31,8 +32,10 @@ def test_output_log_waits_for_a_line_and_reads_progress():
     log = drills.OutputLog(echo=False)
     log("[g0] group 0: step 100/400 | loss 1 | 3 steps/s")
     log("[g0] group 0: step 200/400 | eval | val_loss 1")
+    log("[g0] group 0: step 200/400 | teachers | peer 1: 2 reloads, now step 150 (staleness 50)")
     log("[g1] other")
-    assert log.count("g0") == 2 and log.lines("g1") == ["other"]
+    assert log.count("g0") == 3 and log.lines("g1") == ["other"]
+    # Training lines only: not the evaluation nor the teachers line.
     assert drills.progress_steps(log.lines("g0")) == [100]
     assert "step 100" in log.wait_for_step("g0", 100, process=None, timeout_s=1)
     start = time.time()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -35,10 +36,29 @@ def test_two_groups_and_baseline_as_processes(tmp_path):
     assert result.returncode == 0, out[-5000:]
     for prefix in ("[g0]", "[g1]", "[baseline]"):
         assert prefix in out
-    # Each group reloaded its peer's checkpoints, logged with step and staleness.
-    assert "[g0] " in out and "Group 0: teacher for peer 1 <- step" in out
-    assert "Group 1: teacher for peer 0 <- step" in out
+    lines = out.splitlines()
+    # Each group reloaded its peer's checkpoints (every 5 steps): the first
+    # load is a line of its own, the later ones are summed up with the
+    # progress lines (each at DEBUG only).
+    for g in (0, 1):
+        loads = [x for x in lines if f"Group {g}: " in x and "teacher for peer" in x]
+        assert len(loads) == 1 and f"Group {g}: first teacher for peer {1 - g} <- step" in loads[0]
+        summaries = [x for x in lines if x.startswith(f"[g{g}] ") and " | teachers | " in x]
+        assert summaries and all(f"| teachers | peer {1 - g}: " in x for x in summaries), out
+        counted = [
+            int(re.search(r"peer \d: (\d+) reloads?, now step \d+", x)[1]) for x in summaries
+        ]
+        with open(os.path.join(tmp_path, f"group_{g}", "metrics.json")) as f:
+            loaded = json.load(f)["teacher_reloads"][str(1 - g)]["loaded"]
+        # More reloads than lines about them; none summed up twice.
+        assert loaded > 1 and 1 <= sum(counted) <= loaded, (loaded, counted)
+    # TensorFlow's start-up lines are left out; the run directory ends the output.
+    assert not [x for x in lines if "absl::InitializeLog" in x or "I0000 00:00:" in x]
     assert "Final validation metrics:" in out and "Codistilled groups vs baseline" in out
+    end = out[out.index("Codistilled groups vs baseline") :]
+    assert f"Run directory: {tmp_path}\n" in end
+    assert f"tensorboard --logdir {tmp_path}" in end
+    assert result.stdout.splitlines()[-1].startswith("  baseline:")
 
     for g in (0, 1):
         group_dir = os.path.join(tmp_path, f"group_{g}")

@@ -193,6 +193,9 @@ def format_logs(logs, prefix: str = "") -> str:
 class ProgressLogger(StepCounting):
     """One log line every `every_n_steps` train steps, and one per evaluation.
 
+    With a `CodistillModel`, each training line is followed by one saying
+    which teachers were reloaded since the previous one.
+
     Meant for processes whose output is interleaved with others' (the local
     launcher), where Keras' progress bar would be unreadable.
 
@@ -229,6 +232,12 @@ class ProgressLogger(StepCounting):
         logging.info(
             "%s%s | %s | %.1f steps/s", self.prefix, self._where(), format_logs(logs), rate
         )
+        # A CodistillModel's teacher reloads since the last line (each one is
+        # logged at DEBUG only).
+        client = getattr(self.model, "exchange_client", None)
+        reloads = client.reload_summary() if client is not None else ""
+        if reloads:
+            logging.info("%s%s | teachers | %s", self.prefix, self._where(), reloads)
 
     def on_epoch_end(self, epoch, logs=None):
         evaluation = format_logs(logs, prefix="val_")

@@ -123,7 +123,13 @@ def create(
 
 
 class _Outcomes:
-    """Counts and logs reload outcomes (each status change once, failures always)."""
+    """Counts and logs reload outcomes (each status change once, failures always).
+
+    A peer's first teacher is logged at INFO, every later reload at DEBUG
+    (`--verbosity=1`); `summary()` gives the reloads since its last call in
+    one line, which `callbacks.ProgressLogger` prints with its progress lines:
+    one line per reload drowned everything else (113 of the demo's 229 lines).
+    """
 
     def __init__(self, group_index: int, peers: Sequence[int]):
         self.group_index = group_index
@@ -131,6 +137,10 @@ class _Outcomes:
         self.reload_counts = {p: {"loaded": 0, "failed": 0} for p in peers}
         self.fault_counts = {"peer_reload_failures": 0, "teachers_dropped": 0}
         self.last_failure: dict[int, str] = {}
+        # Per peer since the last summary: [reloads, latest step, its staleness].
+        # Recorded by the background reader too, read by the training thread.
+        self._recent: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
 
     def record(self, outcomes: Sequence[ReloadOutcome]) -> None:
         for o in outcomes:
@@ -138,9 +148,15 @@ class _Outcomes:
             self.last_status[o.peer] = o.status
             if o.status == "loaded":
                 self.reload_counts[o.peer]["loaded"] += 1
-                logging.info(
-                    "Group %d: teacher for peer %d <- step %d (staleness %d steps, %.3f s)",
+                with self._lock:
+                    count = self._recent.get(o.peer, [0])[0]
+                    self._recent[o.peer] = [count + 1, o.step, o.staleness]
+                first = self.reload_counts[o.peer]["loaded"] == 1
+                logging.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "Group %d: %steacher for peer %d <- step %d (staleness %d steps, %.3f s)",
                     self.group_index,
+                    "first " if first else "",
                     o.peer,
                     o.step,
                     o.staleness,
@@ -163,6 +179,19 @@ class _Outcomes:
                     self.group_index,
                     o.peer,
                 )
+
+    def summary(self) -> str:
+        """The teachers loaded since the last call, in one line ("" if none).
+
+        E.g. `peer 1: 9 reloads, now step 2450 (staleness 495)`.
+        """
+        with self._lock:
+            recent, self._recent = self._recent, {}
+        return "; ".join(
+            f"peer {peer}: {count} reload{'s' if count > 1 else ''}, now step {step} "
+            f"(staleness {staleness})"
+            for peer, (count, step, staleness) in sorted(recent.items())
+        )
 
     def report(self, distilled: bool) -> dict:
         """Whether the group distilled, and what became of each peer, for metrics.json.
@@ -415,6 +444,10 @@ class ExchangeClient:
     def reload_counts(self) -> dict:
         """Per peer: `{"loaded": n, "failed": m}` since the start."""
         return self._outcomes.reload_counts
+
+    def reload_summary(self) -> str:
+        """The teachers loaded since the last call, in one line ("" if none)."""
+        return self._outcomes.summary()
 
     @property
     def fault_counts(self) -> dict:

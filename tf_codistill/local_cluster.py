@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,8 @@ from tf_codistill import layout
 __all__ = [
     "BASELINE",
     "LocalCluster",
+    "QuietWriter",
+    "TF_STARTUP_LINE",
     "Task",
     "format_summary",
     "free_ports",
@@ -44,6 +47,7 @@ __all__ = [
     "read_metrics",
     "summary_rows",
     "tf_config",
+    "where_to_look",
 ]
 
 # The baseline's directory inside a run's root_dir, and its name in the output.
@@ -261,6 +265,53 @@ def summary_rows(root_dir: str, num_groups: int, baseline: bool) -> list[tuple[s
     return rows
 
 
+# TensorFlow's C++ start-up lines, printed before its logging is set up (so
+# TF_CPP_MIN_LOG_LEVEL does not hide them), twice per process: absl's banner,
+# INFO lines (oneDNN, CUDA probing), and the failed CUDA probe of a machine
+# without a GPU (TensorFlow then runs on the CPU, as it says elsewhere).
+TF_STARTUP_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|I0000 00:00:"
+    r"|E0000 00:00:.*[Ff]ailed call to cuInit)"
+)
+
+
+class QuietWriter:
+    """Prints processes' prefixed lines, leaving out TensorFlow's start-up lines.
+
+    Args:
+      write: where the other lines go (default: stdout, flushed).
+    """
+
+    def __init__(self, write: Optional[Callable[[str], None]] = None):
+        self._write = write or _print_flush
+        self.hidden = 0
+
+    def __call__(self, line: str) -> None:
+        # `[name] text`: the text is what the process printed.
+        text = line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+        if TF_STARTUP_LINE.match(text):
+            self.hidden += 1
+            return
+        self._write(line)
+
+
+def where_to_look(root_dir: str, num_groups: int, baseline: bool) -> str:
+    """The run directory and what in it a user reads next, for the end of the output."""
+    groups = layout.group_dir(root_dir, 0) if num_groups == 1 else os.path.join(root_dir, "group_*")
+    lines = [
+        f"Run directory: {root_dir}",
+        f"  results:     {os.path.join(groups, 'metrics.json')} (every evaluation, the final "
+        "one, whether distillation happened)",
+        f"  TensorBoard: tensorboard --logdir {root_dir}",
+        f"  the models:  {os.path.join(groups, 'ckpt-*')} (the students; "
+        f"tf-codistill-evaluate --root_dir={root_dir})",
+    ]
+    if baseline:
+        lines.append(f"  baseline:    {os.path.join(root_dir, BASELINE)}")
+    return "\n".join(lines)
+
+
 def format_summary(rows: Sequence[tuple[str, Any]]) -> str:
     """The final validation metrics of each row, and the groups' mean against the baseline."""
     lines = [
@@ -305,13 +356,16 @@ def launch(
     baseline: bool = True,
     timeout_s: float = 1800.0,
     grace_s: float = 10.0,
+    show_tf_startup: bool = False,
 ) -> dict[str, Optional[int]]:
     """Runs a whole job on this machine and prints a summary (`binaries/launch_local.py`).
 
     Starts `num_groups` groups of `workers_per_group` processes sharing
     `root_dir`, plus, with `baseline`, the same model trained on group 0's
     data without distillation in `<root_dir>/baseline`; streams their output
-    with a prefix; waits at most `timeout_s`, then stops what is left.
+    with a prefix (TensorFlow's start-up lines left out unless
+    `show_tf_startup`); waits at most `timeout_s`, then stops what is left;
+    prints the results, then the run directory and what to read in it.
 
     Returns:
       The exit code of every process (None for one stopped at the timeout).
@@ -332,11 +386,19 @@ def launch(
             task.name = BASELINE if workers_per_group == 1 else f"{BASELINE}{task.name[2:]}"
             tasks.append(task)
     print(f"Run directory: {root_dir}", flush=True)
-    with LocalCluster(tasks, grace_s=grace_s) as cluster:
+    writer = None if show_tf_startup else QuietWriter()
+    with LocalCluster(tasks, write=writer, grace_s=grace_s) as cluster:
         cluster.start()
         codes = cluster.wait(timeout_s)
         timed_out = [n for n, c in codes.items() if c is None]
         if timed_out:
             print(f"Timed out after {timeout_s:.0f} s; stopping {timed_out}", flush=True)
     print(format_summary(summary_rows(root_dir, num_groups, baseline)), flush=True)
+    if writer is not None and writer.hidden:
+        print(
+            f"({writer.hidden} lines of TensorFlow start-up messages left out; "
+            "--show_tf_startup shows them)",
+            flush=True,
+        )
+    print(where_to_look(root_dir, num_groups, baseline), flush=True)
     return codes

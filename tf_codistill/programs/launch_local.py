@@ -30,6 +30,11 @@ flags.DEFINE_bool("baseline", True, "Also train group 0's model on its data with
 flags.DEFINE_float("timeout_s", 1800, "Stop everything after this many seconds.")
 flags.DEFINE_float("grace_s", 10, "Seconds between SIGTERM and SIGKILL when stopping.")
 flags.DEFINE_bool(
+    "show_tf_startup",
+    False,
+    "Show TensorFlow's start-up lines (oneDNN, CUDA probing), left out by default.",
+)
+flags.DEFINE_bool(
     "allow_no_distillation",
     False,
     "Let groups that never distilled exit 0 (train.py --allow_no_distillation); by default "
@@ -57,6 +62,7 @@ def main(argv):
         baseline=FLAGS.baseline,
         timeout_s=FLAGS.timeout_s,
         grace_s=FLAGS.grace_s,
+        show_tf_startup=FLAGS.show_tf_startup,
     )
     failed = {n: c for n, c in codes.items() if c != 0}
     if failed:

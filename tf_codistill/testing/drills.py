@@ -39,11 +39,13 @@ __all__ = [
 ]
 
 # ProgressLogger's training lines (not its evaluation lines).
-PROGRESS = re.compile(r"group (\d+)[^:]*: step (\d+)/\d+ \| (?!eval)")
+PROGRESS = re.compile(r"group (\d+)[^:]*: step (\d+)/\d+ \| (?!eval|teachers)")
 # ProgressLogger's first line, after BackupAndRestore restored the step.
 STARTING = re.compile(r"group (\d+)[^:]*: starting at step (\d+)/\d+")
-# CodistillModel's reload lines.
-RELOAD = re.compile(r"Group (\d+): teacher for peer (\d+) <- step (\d+) \(staleness (-?\d+) steps")
+# CodistillModel's reload lines (every reload after the first at DEBUG: --verbosity=1).
+RELOAD = re.compile(
+    r"Group (\d+): (?:first )?teacher for peer (\d+) <- step (\d+) \(staleness (-?\d+) steps"
+)
 RELOAD_FAILED = re.compile(
     r"Group (\d+): keeping the previous teacher for peer (\d+) \(step (\w+)\)"
 )
@@ -60,6 +62,7 @@ def train_command(
     """`python .../tf_codistill/programs/train.py ...` for one group, with `train_group` bindings.
 
     The program's file, run as a script: found in a checkout and an install alike.
+    At `--verbosity=1`, so that every teacher reload is logged (`RELOAD`).
     """
     argv = [
         sys.executable,
@@ -68,6 +71,7 @@ def train_command(
         f"--root_dir={root_dir}",
         f"--group_index={group_index}",
         f"--num_groups={num_groups}",
+        "--verbosity=1",
         *extra_flags,
     ]
     for name, value in bindings.items():
