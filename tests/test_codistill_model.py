@@ -463,8 +463,34 @@ class ArgumentTest(parameterized.TestCase, tf.test.TestCase):
             )
 
     def test_keras3_model_is_refused(self):
+        keras3_model = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(2)])
         with self.assertRaisesRegex(TypeError, "tf_keras.Model"):
-            tf_codistill.CodistillModel(object(), group_index=0, num_groups=2, exchange_dir="x")
+            tf_codistill.CodistillModel(keras3_model, group_index=0, num_groups=2, exchange_dir="x")
+
+    def test_keras3_optimizer_loss_metric_and_callback_are_refused_naming_the_fix(self):
+        # tf.keras is Keras 3 here; without the check these fail inside fit
+        # ("Could not interpret optimizer identifier", "'EarlyStopping' object
+        # has no attribute '_implements_train_batch_hooks'").
+        model = tf_codistill.CodistillModel(
+            testing.mlp(), group_index=0, num_groups=1, exchange_dir=self.create_tempdir().full_path
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        fix = "import tf_keras as keras` and use keras.*, or set TF_USE_LEGACY_KERAS=1"
+        for what, kwargs in [
+            ("Adam", dict(optimizer=tf.keras.optimizers.Adam(), loss=loss)),
+            ("MeanSquaredError", dict(optimizer="sgd", loss=tf.keras.losses.MeanSquaredError())),
+            ("Accuracy", dict(optimizer="sgd", loss=loss, metrics=[tf.keras.metrics.Accuracy()])),
+        ]:
+            with self.assertRaisesRegex(TypeError, f"compile\\(\\) got {what} from Keras 3.*{fix}"):
+                model.compile(**kwargs)
+        model.compile(keras.optimizers.SGD(0.1), loss=loss)
+        x, y = np.zeros((8, 8), np.float32), np.zeros((8,), np.int32)
+        with self.assertRaisesRegex(
+            TypeError, f"fit\\(callbacks=...\\) got EarlyStopping from Keras 3.*{fix}"
+        ):
+            model.fit(x, y, callbacks=[tf.keras.callbacks.EarlyStopping()], verbose=0)
+        # tf_keras's own are accepted.
+        model.fit(x, y, callbacks=[keras.callbacks.EarlyStopping()], verbose=0)
 
     def test_paper_defaults(self):
         model = tf_codistill.CodistillModel(

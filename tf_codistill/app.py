@@ -64,6 +64,10 @@ def one_line_errors(main: Callable) -> Callable:
         except errors.Error as e:
             message = errors.one_line(e)
             logging.error("%s: %s", type(e).__name__, message)
+            # The one line is the last: objects collected at exit (a
+            # checkpoint half restored from a mismatched run) would warn after it.
+            std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+            logging.set_verbosity(logging.ERROR)
             sys.exit(f"{program}: {message}")
 
     return wrapped

@@ -170,8 +170,12 @@ def with_exchange(callbacks, every_n_steps: int) -> list:
 
     It goes after `BackupAndRestore` (which restores the step and teachers
     first) and before the others (which then see the exchange logs).
+
+    Raises:
+      errors.ConfigTypeError: a Keras 3 (`tf.keras`) callback among them.
     """
     callbacks = list(callbacks or [])
+    errors.check_tf_keras(callbacks, "fit(callbacks=...)")
     if any(isinstance(c, ExchangeCallback) for c in callbacks):
         return callbacks
     restores = [

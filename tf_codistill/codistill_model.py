@@ -457,6 +457,11 @@ class CodistillModel(keras.Model):
     # ------------------------------------------------------------------
     # Keras plumbing.
 
+    def compile(self, *args, **kwargs):
+        """`tf_keras.Model.compile`; a Keras 3 (`tf.keras`) optimizer, loss or metric is refused."""
+        errors.check_tf_keras([args, kwargs], "compile()")
+        super().compile(*args, **kwargs)
+
     def fit(self, *args, **kwargs):
         """`tf_keras.Model.fit`, with an `ExchangeCallback` added if none is given."""
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)

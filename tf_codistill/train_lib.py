@@ -30,6 +30,7 @@ from tf_codistill import codistill_model
 from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
+from tf_codistill import gin_errors
 from tf_codistill import layout
 from tf_codistill import losses
 from tf_codistill import ownership
@@ -76,6 +77,24 @@ class _BackupAndRestore(keras.callbacks.BackupAndRestore):
     > 1 a restarted group repeated all but one of that execution's batches,
     training more steps than asked and shifting its evaluations.
     """
+
+    def on_train_begin(self, logs=None):
+        # Restores the backup, if any. A backup of another model (the same
+        # root_dir resumed with a changed model) fails there with a
+        # shape or structure error deep inside fit().
+        try:
+            super().on_train_begin(logs)
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+            # Keras keeps the chief's backup in <backup_dir>/chief/.
+            if not tf.io.gfile.glob(os.path.join(self.backup_dir, "*", "*.index")):
+                raise
+            group_dir = os.path.dirname(os.path.normpath(self.backup_dir))
+            raise errors.RunMismatchError(
+                f"this root_dir holds a run of another model (its resume state in backup/ "
+                f"does not fit the model configured now); use a new --root_dir, or delete "
+                f"{group_dir} to train this group from scratch. "
+                f"{errors.one_line(e, with_type=True)}"
+            ) from e
 
     def on_train_batch_end(self, batch, logs=None):
         _record_saved_batch(self, batch)
@@ -193,6 +212,7 @@ def _distributed_eval_steps(
     module="tf_codistill.train_lib",
     denylist=["root_dir", "group_index", "num_groups", "strategy"],
 )
+@gin_errors.explain_binding_errors
 def train_group(
     root_dir: str,
     group_index: int = 0,
