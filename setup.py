@@ -9,10 +9,16 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def gin_data_files():
-    """Ships gin/ as <prefix>/share/tf_codistill/gin/ (see gin_utils.gin_search_paths)."""
+def shipped_data_files():
+    """Ships gin/ and testdata/ as <prefix>/share/tf_codistill/{gin,testdata}/.
+
+    See gin_utils.gin_search_paths and datasets/shipped.py: the tiny configs
+    read testdata/ (small files: a text corpus, Criteo lines).
+    """
     out = {}
-    for path in glob.glob(os.path.join("gin", "**", "*.gin"), recursive=True):
+    paths = glob.glob(os.path.join("gin", "**", "*.gin"), recursive=True)
+    paths += [p for p in glob.glob(os.path.join("testdata", "**", "*"), recursive=True)]
+    for path in sorted(p for p in paths if os.path.isfile(p)):
         out.setdefault(os.path.join("share", "tf_codistill", os.path.dirname(path)), []).append(
             path
         )
@@ -31,7 +37,7 @@ setup(
     # checkout): a package of its own, mapped from another directory, was
     # missing from editable installs.
     packages=find_packages(include=["tf_codistill", "tf_codistill.*"]),
-    data_files=gin_data_files(),
+    data_files=shipped_data_files(),
     install_requires=[
         # tf-keras must match TensorFlow's minor version.
         "tensorflow>=2.21,<2.22",

@@ -8,6 +8,7 @@ run from another directory, as a user's would.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -59,7 +60,21 @@ def _install(tmp_path, editable):
     env_dir = str(tmp_path / "venv")
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = os.path.join(env_dir, "bin", "python")
-    target = ["-e", ROOT] if editable else [ROOT]
+    if editable:
+        target = ["-e", ROOT]
+    else:
+        # A regular install builds in the source tree (build/, *.egg-info):
+        # from a copy, so that the checkout's stale build/ is neither used
+        # nor left behind.
+        source = str(tmp_path / "source")
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                "build", "dist", "*.egg-info", "__pycache__", ".*", "bazel-*", "docs"
+            ),
+        )
+        target = [source]
     # The environment's pip, installing into the virtualenv's interpreter.
     result = subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
@@ -99,20 +114,19 @@ def _check_help(result, program):
         assert words in listed.split(found[0], 1)[1][:300], (flag, result.stdout[:3000])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "editable, helped",
-    [
-        # Each install runs two scripts' --help (each start imports
-        # TensorFlow); between them, all four.
-        (True, ["tf-codistill-train", "tf-codistill-launch-local"]),
-        (False, ["tf-codistill-evaluate", "tf-codistill-churn"]),
-    ],
-    ids=["pip_install_-e", "pip_install"],
-)
-def test_installed_console_scripts_run_and_list_their_flags(tmp_path, editable, helped):
-    env_dir = _install(tmp_path, editable)
-    elsewhere = str(tmp_path)
+@pytest.fixture(scope="module")
+def editable_install(tmp_path_factory):
+    """A virtualenv with `pip install -e <checkout>` (the README's command)."""
+    return _install(tmp_path_factory.mktemp("editable"), editable=True)
+
+
+@pytest.fixture(scope="module")
+def regular_install(tmp_path_factory):
+    """A virtualenv with `pip install <checkout>`."""
+    return _install(tmp_path_factory.mktemp("regular"), editable=False)
+
+
+def _check_install(env_dir, elsewhere, editable):
     found = _run([os.path.join(env_dir, "bin", "python"), "-c", FIND_ALL], elsewhere)
     # Before the fix: ModuleNotFoundError: tf_codistill_binaries (pip install -e .).
     assert found.returncode == 0, found.stderr[-3000:]
@@ -122,21 +136,68 @@ def test_installed_console_scripts_run_and_list_their_flags(tmp_path, editable, 
         assert package == os.path.join(ROOT, "tf_codistill", "__init__.py")
     else:
         assert package.startswith(env_dir), package
-    for script in helped:
+
+
+def _check_scripts_help(env_dir, elsewhere, scripts):
+    for script in scripts:
         result = _run([os.path.join(env_dir, "bin", script), "--help"], elsewhere)
         # Before the fix: `USAGE: <script> [flags]` only, and exit code 1.
         _check_help(result, SCRIPTS[script])
         assert f"USAGE: {script} [flags]" not in result.stdout
-    if not editable:
-        # A mistake is one line through the installed script too.
-        result = _run(
-            [os.path.join(env_dir, "bin", "tf-codistill-train"), f"--root_dir={elsewhere}/r"],
-            elsewhere,
-        )
-        assert result.returncode == 1, result.stderr[-2000:]
-        assert result.stderr.strip().splitlines()[-1] == (
-            "train.py: give at least one --gin_file (e.g. demo/codistill.gin)"
-        )
+
+
+# Each start imports TensorFlow: each install runs two scripts' --help,
+# between them all four.
+@pytest.mark.slow
+def test_editable_install_gives_working_console_scripts(editable_install, tmp_path):
+    _check_install(editable_install, str(tmp_path), editable=True)
+    _check_scripts_help(
+        editable_install, str(tmp_path), ["tf-codistill-train", "tf-codistill-launch-local"]
+    )
+
+
+@pytest.mark.slow
+def test_regular_install_gives_working_console_scripts(regular_install, tmp_path):
+    elsewhere = str(tmp_path)
+    _check_install(regular_install, elsewhere, editable=False)
+    _check_scripts_help(regular_install, elsewhere, ["tf-codistill-evaluate", "tf-codistill-churn"])
+    # A mistake is one line through the installed script too.
+    result = _run(
+        [os.path.join(regular_install, "bin", "tf-codistill-train"), f"--root_dir={elsewhere}/r"],
+        elsewhere,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: give at least one --gin_file (e.g. demo/codistill.gin)"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "gin_file, extra",
+    [
+        ("lm/tiny.gin", []),
+        # Its own TFDS directory: generated here from the shipped lines.
+        ("criteo/tiny.gin", ["tf_codistill.datasets.criteo_input_fn.data_dir = '{tmp}/tfds'"]),
+    ],
+)
+def test_tiny_configs_train_after_a_regular_install(regular_install, tmp_path, gin_file, extra):
+    # They read testdata/: shipped with the package, found from any directory.
+    elsewhere = str(tmp_path)
+    bindings = ["tf_codistill.train_lib.train_group.train_steps = 10"]
+    bindings += [b.format(tmp=elsewhere) for b in extra]
+    result = _run(
+        [
+            os.path.join(regular_install, "bin", "tf-codistill-train"),
+            f"--gin_file={gin_file}",
+            f"--root_dir={elsewhere}/run",
+            "--num_groups=1",
+            *[f"--gin_bindings={b}" for b in bindings],
+        ],
+        elsewhere,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(elsewhere, "run", "group_0", "metrics.json"))
 
 
 @pytest.mark.slow
