@@ -9,6 +9,7 @@ run from another directory, as a user's would.
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -58,8 +59,16 @@ FIND_ALL = (
 
 def _install(tmp_path, editable):
     env_dir = str(tmp_path / "venv")
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = os.path.join(env_dir, "bin", "python")
+    # The packages of the environment running the tests (TensorFlow, ...),
+    # after the virtualenv's own: a .pth line adds a directory to sys.path
+    # without processing its own .pth files (an editable tf_codistill of
+    # this environment stays out). system_site_packages would give the base
+    # interpreter's, which in CI's virtualenv hold no TensorFlow.
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    with open(os.path.join(env_dir, "lib", version, "site-packages", "outer.pth"), "w") as f:
+        f.write("\n".join(site.getsitepackages()) + "\n")
     if editable:
         target = ["-e", ROOT]
     else:
