@@ -156,8 +156,9 @@ class TrainStepTest(tf.test.TestCase):
         self.assertAllClose(history["distill_weight"], [1.0, 0.0])
 
     def test_several_peers_average(self):
-        for g in (1, 2):
-            publish_peer(testing.mlp(seed=g), self.dir, group=g, step=7)
+        peers = {g: testing.mlp(seed=g) for g in (1, 2)}
+        for g, peer in peers.items():
+            publish_peer(peer, self.dir, group=g, step=7)
         model = make_codistill(self.dir, num_groups=3)
         outcomes = model.reload_teachers()
         self.assertEqual(
@@ -166,8 +167,26 @@ class TrainStepTest(tf.test.TestCase):
         )
         x = self.x[:8]
         got = model.evaluate(x, self.y[:8], batch_size=8, verbose=0, return_dict=True)
-        want = losses.SoftmaxCrossEntropy()([t(x) for t in model.teachers], model.student(x))
-        self.assertAllClose(got["distill_loss"], float(tf.reduce_mean(want)), rtol=1e-5)
+
+        # By hand, in numpy, from the peers' own models (not the teachers):
+        # the paper's psi is the cross-entropy to the peers' *averaged
+        # distribution*, -sum_c mean_j(p_j,c) * log_softmax(student)_c,
+        # averaged over the batch.
+        def softmax(z):
+            e = np.exp(z - z.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+
+        averaged = np.mean([softmax(peers[g](x).numpy().astype(np.float64)) for g in (1, 2)], 0)
+        logits = model.student(x).numpy().astype(np.float64)
+        log_q = logits - logits.max(-1, keepdims=True)
+        log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+        want = float(np.mean(-(averaged * log_q).sum(-1)))
+        self.assertAllClose(got["distill_loss"], want, rtol=1e-5)
+        # Not the distribution of the peers' averaged logits (the other
+        # averaging tf_codistill offers), which gives another number here.
+        mean_logits = np.mean([peers[g](x).numpy().astype(np.float64) for g in (1, 2)], 0)
+        in_logit_space = float(np.mean(-(softmax(mean_logits) * log_q).sum(-1)))
+        self.assertNotAllClose(in_logit_space, want, rtol=1e-3)
 
     def test_evaluate_reports_student_metrics_and_agreement(self):
         publish_peer(testing.mlp(seed=1), self.dir, group=1, step=0)

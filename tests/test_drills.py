@@ -78,3 +78,16 @@ def test_checkpoint_watcher_reads_a_publishing_group(tmp_path):
     assert watcher.loaded and all(1 <= s < 30 for s in watcher.loaded)
     assert not watcher.unexplained(), watcher.unexplained()
     assert np.all(np.isfinite(student.get_weights()[0]))
+
+
+def test_output_log_reads_to_a_tasks_last_line_before_saying_it_exited():
+    log = drills.OutputLog(echo=False)
+    log("[g0] group 0: step 10/40 | loss 1 | 3 steps/s")
+    log("[g0] group 0: step 20/40 | loss 1 | 3 steps/s")
+    log("[g0] exited with code 1")
+    # A line just before the exit is found, however late the wait starts.
+    assert "step 20" in log.wait_for_step("g0", 20, process=None, timeout_s=60)
+    start = time.time()
+    with pytest.raises(AssertionError, match="g0 exited waiting for step 30"):
+        log.wait_for_step("g0", 30, process=None, timeout_s=60)
+    assert time.time() - start < 5  # At once: not at the deadline.

@@ -48,7 +48,15 @@ def test_output_is_prefixed_and_processes_are_stopped_by_pid():
     )
     with local_cluster.LocalCluster([echo, sleeper], write=lines.append, grace_s=0.5) as cluster:
         cluster.start()
-        codes = cluster.wait(timeout_s=2, poll_s=0.05)
+        # Bounded by events, not by a time a loaded machine may overrun.
+        cluster.processes["echo"].wait(timeout=120)
+        assert cluster.drain("echo") == 0
+        assert [x for x in lines if x.startswith("[echo]")][-2:] == [
+            "[echo] hello",
+            "[echo] exited with code 0",  # The last line, after all its output.
+        ]
+        assert cluster.drain("sleeper") is None  # Still running.
+        codes = cluster.wait(timeout_s=0.1, poll_s=0.05)
         assert codes["echo"] == 0 and codes["sleeper"] is None
         with pytest.raises(RuntimeError, match="sleeper is still running"):
             cluster.start("sleeper")

@@ -162,4 +162,10 @@ def test_criteo_tiny_trains_on_two_replicas(tmp_path):
     )
     results = train_lib.train_group(str(tmp_path / "run"), 0, 2, strategy=strategy)
     assert results["steps"] == 20
+    # The same run on one device (same global batches, seeds and evaluation
+    # data) gives the same numbers: a value summed over the 2 replicas would
+    # be twice as large, a per-replica one computed on half the batch.
+    alone = train_lib.train_group(str(tmp_path / "alone"), 0, 2)
+    for key in ("val_log_loss", "val_loss", "val_auc"):
+        assert results["final"][key] == pytest.approx(alone["final"][key], rel=1e-3), key
     assert 0 < results["final"]["val_log_loss"] < 5

@@ -35,6 +35,7 @@ from tf_codistill import layout
 
 __all__ = [
     "BASELINE",
+    "EXITED",
     "LocalCluster",
     "QuietWriter",
     "TF_STARTUP_LINE",
@@ -52,6 +53,8 @@ __all__ = [
 
 # The baseline's directory inside a run's root_dir, and its name in the output.
 BASELINE = "baseline"
+# A task's last line: `[name] exited with code <n>`.
+EXITED = "exited with code"
 
 
 def free_ports(count: int) -> list[int]:
@@ -145,16 +148,33 @@ class LocalCluster:
             )
             self.processes[task_name] = process
             self.started_at[task_name] = time.time()
+            # Before its output: a quick process's lines could come first.
+            self._emit(task_name, f"started, pid {process.pid}")
             reader = threading.Thread(
                 target=self._pump, args=(task_name, process), daemon=True, name=f"pump-{task_name}"
             )
             reader.start()
             self._readers[task_name] = reader
-            self._emit(task_name, f"started, pid {process.pid}")
 
     def _pump(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
             self._emit(name, line)
+        # After its last line (the pipe is at its end): who reads the output
+        # knows it has all of it, without waiting for a while.
+        self._emit(name, f"{EXITED} {process.wait()}")
+
+    def drain(self, name: str, timeout_s: float = 60.0) -> Optional[int]:
+        """Waits until an exited task's output is all read (its `exited with code` line).
+
+        Returns:
+          Its exit code, or None if it is still running or its output was not
+          read to the end within `timeout_s`.
+        """
+        process, reader = self.processes.get(name), self._readers.get(name)
+        if process is None or process.poll() is None:
+            return None
+        reader.join(timeout=timeout_s)
+        return None if reader.is_alive() else process.returncode
 
     def running(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.poll() is None]
@@ -169,9 +189,8 @@ class LocalCluster:
         deadline = time.time() + timeout_s
         while self.running() and time.time() < deadline:
             time.sleep(poll_s)
-        for name, reader in self._readers.items():
-            if self.processes[name].poll() is not None:
-                reader.join(timeout=5)
+        for name in self._readers:
+            self.drain(name)
         return {n: p.poll() for n, p in self.processes.items()}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from tf_codistill import exchange
 from tf_codistill import layout
+from tf_codistill import local_cluster
 from tf_codistill import programs
 from tf_codistill import train_lib
 from tf_codistill.testing import fixtures
@@ -122,7 +123,9 @@ class OutputLog:
 
         Args:
           pattern: a predicate on one line.
-          process: the task's `subprocess.Popen`; waiting stops if it exits.
+          process: the task's `subprocess.Popen` (unused: the task's exit is
+            seen from its last line, `exited with code <n>`, which
+            `LocalCluster` writes once the rest of its output is read).
 
         Returns:
           The first such line.
@@ -138,14 +141,12 @@ class OutputLog:
                 if pattern(line):
                     return line
             seen = max(seen, len(lines))
-            exited = process is not None and process.poll() is not None
+            # Exited: its last line is LocalCluster's `exited with code`; the
+            # lines before it may still be on their way.
+            exited = any(line.startswith(local_cluster.EXITED) for line in lines[start:])
             if exited or time.time() > deadline:
-                if exited:
-                    time.sleep(0.5)  # The last lines may still be in the pipe.
-                    if any(pattern(line) for line in self.lines(name)[seen:]):
-                        continue
                 tail = "\n".join(self.lines(name)[-15:])
-                state = f"exited with {process.returncode}" if exited else "timed out"
+                state = "exited" if exited else "timed out"
                 raise AssertionError(f"{name} {state} waiting for {what or pattern}:\n{tail}")
             time.sleep(0.02)
 
