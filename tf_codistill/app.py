@@ -26,6 +26,7 @@ No TensorFlow import: the local launcher uses this without loading it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging as std_logging
 import os
@@ -65,12 +66,18 @@ def one_line_errors(main: Callable) -> Callable:
             message = errors.one_line(e)
             logging.error("%s: %s", type(e).__name__, message)
             # The one line is the last: objects collected at exit (a
-            # checkpoint half restored from a mismatched run) would warn after it.
-            std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
-            logging.set_verbosity(logging.ERROR)
+            # checkpoint half restored from a mismatched run) would warn after
+            # it. At exit only: a caller that catches SystemExit (a test)
+            # keeps its logging.
+            atexit.register(_quiet_at_exit)
             sys.exit(f"{program}: {message}")
 
     return wrapped
+
+
+def _quiet_at_exit() -> None:
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+    logging.set_verbosity(logging.ERROR)
 
 
 _HELP = {"--help": True, "-h": True, "-?": True, "--helpshort": True, "--helpfull": False}

@@ -110,7 +110,10 @@ def explain_binding_errors(function: Callable) -> Callable:
     def wrapped(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (TypeError, ValueError) as e:
+        except TypeError as e:
+            # An unknown keyword is a TypeError (Keras: "Keyword argument not
+            # understood", "... is not a valid argument"); a bad value of a
+            # known one (often a ValueError naming it) is left as it is.
             explained = binding_error(e)
             if explained is None:
                 raise
