@@ -9,10 +9,16 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def gin_data_files():
-    """Ships gin/ as <prefix>/share/tf_codistill/gin/ (see gin_utils.gin_search_paths)."""
+def shipped_data_files():
+    """Ships gin/ and testdata/ as <prefix>/share/tf_codistill/{gin,testdata}/.
+
+    See gin_utils.gin_search_paths and datasets/shipped.py: the tiny configs
+    read testdata/ (small files: a text corpus, Criteo lines).
+    """
     out = {}
-    for path in glob.glob(os.path.join("gin", "**", "*.gin"), recursive=True):
+    paths = glob.glob(os.path.join("gin", "**", "*.gin"), recursive=True)
+    paths += [p for p in glob.glob(os.path.join("testdata", "**", "*"), recursive=True)]
+    for path in sorted(p for p in paths if os.path.isfile(p)):
         out.setdefault(os.path.join("share", "tf_codistill", os.path.dirname(path)), []).append(
             path
         )
@@ -27,10 +33,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["tf_codistill", "tf_codistill.*"]) + ["tf_codistill_binaries"],
-    # The repository's binaries/ directory, installed under a namespaced name.
-    package_dir={"tf_codistill_binaries": "binaries"},
-    data_files=gin_data_files(),
+    # The programs are tf_codistill.programs (binaries/*.py are shims for a
+    # checkout): a package of its own, mapped from another directory, was
+    # missing from editable installs.
+    packages=find_packages(include=["tf_codistill", "tf_codistill.*"]),
+    data_files=shipped_data_files(),
     install_requires=[
         # tf-keras must match TensorFlow's minor version.
         "tensorflow>=2.21,<2.22",
@@ -60,11 +67,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "tf-codistill-train=tf_codistill_binaries.train:run",
-            "tf-codistill-launch-local=tf_codistill_binaries.launch_local:run",
-            "tf-codistill-launch-ray=tf_codistill_binaries.launch_ray:run",
-            "tf-codistill-evaluate=tf_codistill_binaries.evaluate:run",
-            "tf-codistill-churn=tf_codistill_binaries.churn:run",
+            "tf-codistill-train=tf_codistill.programs.train:run",
+            "tf-codistill-launch-local=tf_codistill.programs.launch_local:run",
+            "tf-codistill-launch-ray=tf_codistill.programs.launch_ray:run",
+            "tf-codistill-evaluate=tf_codistill.programs.evaluate:run",
+            "tf-codistill-churn=tf_codistill.programs.churn:run",
         ]
     },
 )

@@ -1,11 +1,13 @@
 """app: the binaries' main wrapper; the modules a binary needs before TensorFlow."""
 
 import glob
+import logging as std_logging
 import os
 import subprocess
 import sys
 
 import pytest
+from absl import logging as absl_logging
 
 from tf_codistill import app
 from tf_codistill import errors
@@ -23,6 +25,17 @@ def test_a_library_error_is_one_line_and_exit_code_1(caplog):
     # sys.exit(str) prints the text to stderr and exits with code 1.
     assert exit_info.value.code == "test_app.py: train_steps must be an integer >= 1, got 0"
     assert "ConfigError: train_steps must be" in caplog.text
+
+
+def test_a_caught_exit_leaves_logging_as_it_was():
+    # Warnings at interpreter exit are silenced then, not at once: code that
+    # catches the SystemExit (these tests) keeps its warnings.
+    app.one_line_errors(lambda argv: None)([])  # Which sets TensorFlow's logger to WARNING.
+    before = (absl_logging.get_verbosity(), std_logging.getLogger("tensorflow").level)
+    with pytest.raises(SystemExit):
+        _fails_with(errors.ConfigError("x"))
+    after = (absl_logging.get_verbosity(), std_logging.getLogger("tensorflow").level)
+    assert after == before
 
 
 def test_anything_else_keeps_its_traceback():

@@ -132,7 +132,7 @@ def test_kill_restart_and_corruption_while_codistilling(tmp_path):
         cluster.kill("g0")
         assert g0.wait(timeout=30) == -signal.SIGKILL, "group 0 finished before the kill"
         killed_at = log.count("g1")
-        time.sleep(0.5)  # The rest of group 0's output.
+        assert cluster.drain("g0") == -signal.SIGKILL  # The rest of group 0's output.
         first_run = log.count("g0")
         last_logged = max(drills.progress_steps(log.lines("g0")))
         saved = drills.backup_step(dirs[0])
@@ -153,7 +153,7 @@ def test_kill_restart_and_corruption_while_codistilling(tmp_path):
 
         # Corrupt each new checkpoint of group 1 until group 0 refuses one.
         modes = itertools.cycle(CORRUPTIONS)
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # Bounded; generous for a loaded machine.
 
         while not _refused(log.lines("g0", first_run), corrupted):
             assert time.time() < deadline, f"no corrupted checkpoint refused; {corrupted}"

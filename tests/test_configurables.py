@@ -18,6 +18,8 @@ GIN_MODULES = {
     "tf_codistill/configurables.py",
     "tf_codistill/train_lib.py",
     "tf_codistill/gin_utils.py",
+    # Reads gin's parsed bindings to name a refused keyword's binding.
+    "tf_codistill/gin_errors.py",
     "tf_codistill/evaluation/run_config.py",
 }
 

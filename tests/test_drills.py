@@ -14,14 +14,15 @@ from tf_codistill.testing import drills
 
 def test_train_command_binds_train_group_parameters():
     argv = drills.train_command("/r", 1, 2, {"train_steps": 40, "x.y": "z"}, "demo/tiny.gin")
-    assert argv[1].endswith(os.path.join("binaries", "train.py"))
-    assert argv[2:6] == [
+    assert argv[1].endswith(os.path.join("tf_codistill", "programs", "train.py"))
+    assert argv[2:7] == [
         "--gin_file=demo/tiny.gin",
         "--root_dir=/r",
         "--group_index=1",
         "--num_groups=2",
+        "--verbosity=1",
     ]
-    assert argv[6:] == [
+    assert argv[7:] == [
         "--gin_bindings=tf_codistill.train_lib.train_group.train_steps = 40",
         "--gin_bindings=x.y = 'z'",
     ]
@@ -31,8 +32,10 @@ def test_output_log_waits_for_a_line_and_reads_progress():
     log = drills.OutputLog(echo=False)
     log("[g0] group 0: step 100/400 | loss 1 | 3 steps/s")
     log("[g0] group 0: step 200/400 | eval | val_loss 1")
+    log("[g0] group 0: step 200/400 | teachers | peer 1: 2 reloads, now step 150 (staleness 50)")
     log("[g1] other")
-    assert log.count("g0") == 2 and log.lines("g1") == ["other"]
+    assert log.count("g0") == 3 and log.lines("g1") == ["other"]
+    # Training lines only: not the evaluation nor the teachers line.
     assert drills.progress_steps(log.lines("g0")) == [100]
     assert "step 100" in log.wait_for_step("g0", 100, process=None, timeout_s=1)
     start = time.time()
@@ -75,3 +78,16 @@ def test_checkpoint_watcher_reads_a_publishing_group(tmp_path):
     assert watcher.loaded and all(1 <= s < 30 for s in watcher.loaded)
     assert not watcher.unexplained(), watcher.unexplained()
     assert np.all(np.isfinite(student.get_weights()[0]))
+
+
+def test_output_log_reads_to_a_tasks_last_line_before_saying_it_exited():
+    log = drills.OutputLog(echo=False)
+    log("[g0] group 0: step 10/40 | loss 1 | 3 steps/s")
+    log("[g0] group 0: step 20/40 | loss 1 | 3 steps/s")
+    log("[g0] exited with code 1")
+    # A line just before the exit is found, however late the wait starts.
+    assert "step 20" in log.wait_for_step("g0", 20, process=None, timeout_s=60)
+    start = time.time()
+    with pytest.raises(AssertionError, match="g0 exited waiting for step 30"):
+        log.wait_for_step("g0", 30, process=None, timeout_s=60)
+    assert time.time() - start < 5  # At once: not at the deadline.

@@ -11,6 +11,7 @@ from absl.testing import parameterized
 
 import tf_codistill
 from tf_codistill import exchange
+from tf_codistill import exchange_client
 from tf_codistill import testing
 from tf_codistill.testing import drills
 
@@ -120,7 +121,15 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
         self.peer.set_weights([w + 1.0 for w in self.peer.get_weights()])
         self.prefix = self.publisher.publish(10)
 
-    def assert_teacher_kept(self, reason_pattern):
+    def assert_teacher_kept(self, reason_pattern, read_again=None):
+        """The bad checkpoint is refused and the teacher kept.
+
+        Args:
+          read_again: None for a fault in finding the checkpoint (the state
+            file: looked at anew at every reload), False for bad content
+            (refused for good at once), True for a failed read that may be
+            transient (read again until MAX_READ_ATTEMPTS reads failed).
+        """
         (outcome,) = self.model.reload_teachers()
         self.assertEqual(outcome.status, "failed", outcome)
         self.assertRegex(outcome.reason, reason_pattern)
@@ -128,28 +137,45 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
             self.assertAllEqual(good, now)
         self.assertEqual(list(self.model.teacher_steps), [5])
         self.assertEqual(self.model.reload_counts[1]["failed"], 1)
+        if read_again is not None:
+            reads = exchange_client.MAX_READ_ATTEMPTS if read_again else 1
+            statuses = [self.model.reload_teachers()[0].status for _ in range(reads)]
+            self.assertEqual(statuses, ["failed"] * (reads - 1) + ["left_out"])
+            self.assertEqual(self.model.reload_counts[1]["failed"], reads)
         x, y = testing.toy_classification(32)
         history = self.model.fit(x, y, batch_size=16, verbose=0).history
         self.assertTrue(np.isfinite(history["loss"][0]))
         self.assertGreater(history["distill_loss"][0], 0.0)  # still distilling from step 5
 
     @parameterized.named_parameters(
-        ("data_truncated_to_zero", _truncate(0.0), "ckpt-10 holds 0 bytes of data, less than"),
-        ("data_truncated_half", _truncate(0.5), r"ckpt-10 holds \d+ bytes of data, less than"),
-        ("data_truncated_99", _truncate(0.99), "cannot restore ckpt-10"),
-        ("data_bit_flip", drills.flip_data_byte, "cannot restore ckpt-10: DataLossError"),
-        ("index_zero_length", _empty_index, "cannot read the index of ckpt-10"),
-        ("index_without_data", _delete_data, "ckpt-10 has no data files"),
+        (
+            "data_truncated_to_zero",
+            _truncate(0.0),
+            "ckpt-10 holds 0 bytes of data, less than",
+            True,
+        ),
+        (
+            "data_truncated_half",
+            _truncate(0.5),
+            r"ckpt-10 holds \d+ bytes of data, less than",
+            True,
+        ),
+        ("data_truncated_99", _truncate(0.99), "cannot restore ckpt-10", True),
+        ("data_bit_flip", drills.flip_data_byte, "cannot restore ckpt-10: DataLossError", True),
+        ("index_zero_length", _empty_index, "cannot read the index of ckpt-10", True),
+        ("index_without_data", _delete_data, "ckpt-10 has no data files", True),
         (
             "index_absurdly_large",
             _grow(".index", 80 << 20),
             r"ckpt-10.index is \d+ bytes, more "
             "than an index of this model can be",
+            False,
         ),
         (
             "data_absurdly_large",
             _grow(".data-00000-of-00001", 80 << 20),
             r"bytes of data for a model of \d+; refused unread",
+            False,
         ),
         ("deleted_by_cleanup", _delete_all, r"ckpt-10.index is missing"),
         (
@@ -166,23 +192,39 @@ class PeerFailureTest(parameterized.TestCase, tf.test.TestCase):
             "other_shapes",
             _republish(lambda: testing.mlp(hidden=(12,))),
             r"hidden_0/kernel has shape \[8, 12\], expected \[8, 16\]",
+            False,
         ),
-        ("extra_layer", _republish(_extra_layer_model), "is not in this model"),
+        ("extra_layer", _republish(_extra_layer_model), "is not in this model", False),
         (
             "other_dtype",
             _republish(_float64_model),
             "has dtype float64, expected float32",
+            False,
         ),
-        ("nan_weights", _republish(_nan_model), "holds NaN or Inf"),
+        ("nan_weights", _republish(_nan_model), "holds NaN or Inf", False),
         (
             "step_disagrees_with_name",
             _republish(testing.mlp, step_in_file=9),
             "ckpt-10 holds step 9, not 10",
+            False,
         ),
     )
-    def test_bad_checkpoint(self, corrupt, reason_pattern):
+    def test_bad_checkpoint(self, corrupt, reason_pattern, read_again=None):
         corrupt(self.prefix)
-        self.assert_teacher_kept(reason_pattern)
+        self.assert_teacher_kept(reason_pattern, read_again)
+
+    def test_transient_read_failure_is_retried(self):
+        # The data file is away for one read (an I/O hiccup, a slow object
+        # store): the next reload reads the same checkpoint and loads it.
+        data = self.prefix + ".data-00000-of-00001"
+        os.rename(data, data + ".away")
+        (outcome,) = self.model.reload_teachers()
+        self.assertEqual(outcome.status, "failed")
+        self.assertRegex(outcome.reason, "read 1 of 3 failed; tried again")
+        os.rename(data + ".away", data)
+        (outcome,) = self.model.reload_teachers()
+        self.assertEqual((outcome.status, outcome.step), ("loaded", 10))
+        self.assertAllEqual(self.model.teachers[0].get_weights()[0], self.peer.get_weights()[0])
 
     def test_state_file_cannot_point_into_another_directory(self):
         # Only the base name counts: "../group_0/ckpt-3" means group_1/ckpt-3.

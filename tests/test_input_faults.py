@@ -34,6 +34,7 @@ def _run(tmp_path, on_malformed):
     (manual / "train.txt").write_text("".join(lines))
     bindings = {
         "wait_for_peers_s": 0.0,
+        "allow_no_distillation": True,  # Alone: its peer never publishes.
         "tf_codistill.datasets.criteo_input_fn.manual_dir": str(manual),
         "tf_codistill.datasets.criteo_input_fn.data_dir": str(tmp_path / "tfds"),
         "tf_codistill.datasets.criteo_input_fn.on_malformed": on_malformed,

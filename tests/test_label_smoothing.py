@@ -50,7 +50,9 @@ class TestHandComputed:
         # to 0 (log p_0 = -2e4, times 0 is 0), p_1 = 1: loss = 0.9 * 0 + 0.1 * 0 = 0.
         loss = label_smoothing.LabelSmoothingCrossEntropy(0.1, prior=[0.0, 1.0])
         assert loss_of(loss, [1], [[-1e4, 1e4]]) == pytest.approx(0.0, abs=1e-6)
-        assert np.isfinite(loss_of(loss, [0], [[-1e4, 1e4]]))
+        # y = 0: CE(one_hot) = -log p_0 = 2e4, CE(prior) = 0 as above:
+        # loss = 0.9 * 2e4 + 0.1 * 0 = 18000, finite.
+        assert loss_of(loss, [0], [[-1e4, 1e4]]) == pytest.approx(18000.0, rel=1e-6)
 
 
 class TestAgainstKeras:

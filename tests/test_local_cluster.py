@@ -48,7 +48,15 @@ def test_output_is_prefixed_and_processes_are_stopped_by_pid():
     )
     with local_cluster.LocalCluster([echo, sleeper], write=lines.append, grace_s=0.5) as cluster:
         cluster.start()
-        codes = cluster.wait(timeout_s=2, poll_s=0.05)
+        # Bounded by events, not by a time a loaded machine may overrun.
+        cluster.processes["echo"].wait(timeout=120)
+        assert cluster.drain("echo") == 0
+        assert [x for x in lines if x.startswith("[echo]")][-2:] == [
+            "[echo] hello",
+            "[echo] exited with code 0",  # The last line, after all its output.
+        ]
+        assert cluster.drain("sleeper") is None  # Still running.
+        codes = cluster.wait(timeout_s=0.1, poll_s=0.05)
         assert codes["echo"] == 0 and codes["sleeper"] is None
         with pytest.raises(RuntimeError, match="sleeper is still running"):
             cluster.start("sleeper")
@@ -77,3 +85,32 @@ def test_summary_compares_the_groups_with_the_baseline(tmp_path):
     text = local_cluster.format_summary(local_cluster.summary_rows(str(tmp_path), 2, True))
     # Mean 1.1 vs 1.2: -0.1 (-8.3%).
     assert "Codistilled groups vs baseline: -0.1000 validation task loss (-8.3%)." in text
+
+
+def test_quiet_writer_leaves_out_tensorflow_start_up_lines_only():
+    shown = []
+    writer = local_cluster.QuietWriter(shown.append)
+    for line in [
+        "[g0] WARNING: All log messages before absl::InitializeLog() is called are written "
+        "to STDERR",
+        "[g0] I0000 00:00:1795867572.291229   20469 port.cc:153] oneDNN custom operations are on.",
+        "[g0] E0000 00:00:1795867677.964008   20473 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        "[g0] E0000 00:00:1795867677.964008   20473 other.cc:1] a real error",
+        "[g0] I1128 12:08:02.520668 140715657280384 train_lib.py:336] group 0: 3000 steps",
+        "[baseline] started, pid 20473",
+    ]:
+        writer(line)
+    assert writer.hidden == 3
+    assert shown == [
+        "[g0] E0000 00:00:1795867677.964008   20473 other.cc:1] a real error",
+        "[g0] I1128 12:08:02.520668 140715657280384 train_lib.py:336] group 0: 3000 steps",
+        "[baseline] started, pid 20473",
+    ]
+
+
+def test_where_to_look_names_the_run_directory_and_its_files():
+    text = local_cluster.where_to_look("/r", 2, baseline=True)
+    assert text.splitlines()[0] == "Run directory: /r"
+    assert "/r/group_*/metrics.json" in text and "tensorboard --logdir /r" in text
+    assert text.splitlines()[-1] == "  baseline:    /r/baseline"

@@ -99,8 +99,9 @@ class SoftmaxLossTest(tf.test.TestCase):
         teachers = [_t([[0.0, LN9]]), _t([[float("nan"), float("nan")]])]
         out = losses.SoftmaxCrossEntropy()(teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0]))
         self.assertAllClose(out, [0.397543], atol=1e-6)
+        # KL = 0.1 ln(0.1 / 0.25) + 0.9 ln(0.9 / 0.75) = -0.091629 + 0.164090 = 0.072460.
         out = losses.KLDivergence()(teachers, _t([[0.0, LN3]]), peer_weights=_t([1.0, 0.0]))
-        self.assertTrue(np.all(np.isfinite(out.numpy())))
+        self.assertAllClose(out, [0.072460], atol=1e-6)
 
     def test_temperature_and_t_squared(self):
         # T = 2: teacher [0, 2 ln 3] / 2 = [0, ln 3] -> [0.25, 0.75]; student uniform.
@@ -218,3 +219,18 @@ def test_position_weights_combine_sample_weights_and_the_keras_mask():
     weights = losses.position_weights(logits, np.array([1.0, 2.0], np.float32))
     np.testing.assert_array_equal(weights, [[1, 1, 0, 0], [2, 0, 0, 0]])
     assert losses.position_weights(tf.zeros([2, 2])) is None
+
+
+def test_keras_loss_weights_divide_by_the_valid_positions_like_keras():
+    # 3 valid positions of 8: masked weights times 8 / 3, so that the mean over
+    # all 8 positions is the mean over the 3 valid ones (tf_keras' reduction).
+    inputs = keras.Input((4,), dtype="int32")
+    hidden = keras.layers.Embedding(5, 3, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    logits = model(np.array([[1, 2, 0, 0], [3, 0, 0, 0]], np.int32))
+    weights = losses.keras_loss_weights(logits, np.array([1.0, 2.0], np.float32))
+    np.testing.assert_allclose(weights, np.array([[1, 1, 0, 0], [2, 0, 0, 0]]) * 8 / 3, rtol=1e-6)
+    # Without a mask: the sample weights as they are.
+    np.testing.assert_array_equal(
+        losses.keras_loss_weights(tf.zeros([2, 2]), np.array([1.0, 2.0], np.float32)), [1.0, 2.0]
+    )

@@ -21,7 +21,8 @@ from tf_codistill.testing import drills
 
 pytestmark = pytest.mark.slow
 
-RELOAD = re.compile(r"^\[(g\d)(w\d)\] .*Group \d: teacher for peer (\d) <- step (\d+)")
+# ProgressLogger's line of the teachers loaded since its previous line.
+TEACHERS = re.compile(r"^\[(g\d)(w\d)\] .*: (step \d+/\d+ \| teachers \| .*)$")
 BUILT = re.compile(r"^\[(g\d)(w\d)\] .*CodistillModel group \d of \d: .*publishing (True|False)")
 # What TensorFlow's coordination service logs when a worker leaves before the others.
 COORDINATION_ERRORS = re.compile(
@@ -72,12 +73,14 @@ def test_two_groups_of_two_workers(tmp_path):
         }, names
         assert os.listdir(tmp_path / f"group_{g}" / "backup") == ["chief"]
 
-    # Every worker of a group loaded the same teacher checkpoints, in the same order.
+    # Every worker of a group loaded the same teacher checkpoints at the same
+    # steps: the same number of reloads, the same latest checkpoint and
+    # staleness, line after line.
     reloads = collections.defaultdict(list)
-    for m in filter(None, map(RELOAD.match, lines)):
-        reloads[(m[1], m[2])].append((int(m[3]), int(m[4])))
+    for m in filter(None, map(TEACHERS.match, lines)):
+        reloads[(m[1], m[2])].append(m[3])
     for g in ("g0", "g1"):
-        assert reloads[(g, "w0")], out[-3000:]
+        assert len(reloads[(g, "w0")]) >= 2, out[-3000:]
         assert reloads[(g, "w0")] == reloads[(g, "w1")]
 
     x, y = synthetic.planted_classification("validation", 128, sharpness=4.0)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 import tf_codistill
 from tf_codistill import exchange
@@ -51,6 +52,53 @@ class PeerFaultTest(tf.test.TestCase):
         history = model.fit(self.dataset, verbose=0).history
         self.assertGreater(history["distill_loss"][0], 0)
         self.assertEqual(list(model.teacher_steps), [9])
+
+    def _sometimes_overflowing_teacher(self):
+        """A loaded teacher finite on ordinary inputs, Inf/NaN on inputs of 1e10.
+
+        Weights of 1e15: logits ~16 * 1e15 * 1e15 on N(0, 1) inputs, finite;
+        ~1e40 (Inf in float32) on inputs of 1e10.
+        """
+        peer = testing.mlp(seed=1)
+        peer.set_weights([np.full_like(w, 1e15) for w in peer.get_weights()])
+        exchange.Publisher(peer, exchange.group_dir(self.dir, 1)).publish(3)
+        # Learning rate 0: the student stays finite on the huge inputs too.
+        model = testing.codistill_model(self.dir, learning_rate=0.0, exchange_every_n_steps=10)
+        x, y = testing.toy_classification(16)
+        return model, (x, y), (np.full_like(x, 1e10), y)
+
+    def test_nonfinite_batch_late_in_an_epoch_is_not_missed(self):
+        # Steps 0-14 are epoch 1, 15-29 epoch 2; exchanges at steps 10, 20, 30.
+        # The teacher overflows on step 12 only. Keras resets its metrics at
+        # every epoch (and evaluation), so a count kept in a metric was gone
+        # by the exchange at step 20 and the teacher stayed in use.
+        model, good, bad = self._sometimes_overflowing_teacher()
+        batches = [bad if step == 12 else good for step in range(30)]
+        dataset = tf.data.Dataset.from_tensor_slices(
+            tuple(np.stack([b[i] for b in batches]) for i in (0, 1))
+        )
+        history = model.fit(dataset, steps_per_epoch=15, epochs=2, verbose=0).history
+        self.assertEqual(history["nonfinite_teacher_batches"], [1.0, 0.0])
+        self.assertEqual(history["teachers_dropped"], [0.0, 1.0])
+        self.assertEqual(list(model.teacher_steps), [-1])
+
+    def test_evaluation_batches_do_not_drop_a_teacher(self):
+        # A user callback evaluates on data the teacher overflows on, between
+        # two exchanges; training batches are all fine: the teacher stays.
+        model, good, bad = self._sometimes_overflowing_teacher()
+
+        class EvaluateAt(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 5:
+                    result = self.model.evaluate(*bad, verbose=0, return_dict=True)
+                    self.evaluated = result["nonfinite_teacher_batches"]
+
+        evaluate = EvaluateAt()
+        dataset = tf.data.Dataset.from_tensors(good).repeat(20)
+        history = model.fit(dataset, verbose=0, callbacks=[evaluate]).history
+        self.assertEqual(evaluate.evaluated, 1.0)  # Evaluation saw it, and says so.
+        self.assertEqual(history["teachers_dropped"], [0.0])
+        self.assertEqual(list(model.teacher_steps), [3])
 
     def test_other_architecture_at_start_is_a_clear_error(self):
         exchange.Publisher(testing.mlp(hidden=(12,)), exchange.group_dir(self.dir, 1)).publish(0)

@@ -1,6 +1,5 @@
 """A stopped group restarts from its own latest state, optimizer included."""
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -39,7 +38,7 @@ class ResumeTest(tf.test.TestCase):
         x, y = testing.toy_classification(STEPS_PER_EPOCH * 8)
         self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
 
-    def _run(self, exchange_dir, backup_dir, save_freq, extra_callbacks=()):
+    def _run(self, exchange_dir, backup_dir, save_freq, extra_callbacks=(), dataset=None):
         """One process lifetime of group 0: a fresh model, fit, as after a restart."""
         model = tf_codistill.CodistillModel(
             testing.mlp(seed=0),
@@ -60,7 +59,7 @@ class ResumeTest(tf.test.TestCase):
             *extra_callbacks,
         ]
         model.fit(
-            self.dataset,
+            self.dataset if dataset is None else dataset,
             steps_per_epoch=STEPS_PER_EPOCH,
             epochs=EPOCHS,
             verbose=0,
@@ -99,7 +98,29 @@ class ResumeTest(tf.test.TestCase):
         resumed, start = self._run(exchange_dir, backup, 2)
         self.assertEqual(start, 6)
         self.assertEqual(int(resumed.optimizer.iterations.numpy()), EPOCHS * STEPS_PER_EPOCH)
-        self.assertTrue(np.all(np.isfinite(resumed.student.get_weights()[0])))
+        # The uninterrupted run that the restart amounts to: steps 0-5 on the
+        # data's first 6 batches (step 6 was lost, with the process), then,
+        # as the restarted process reads its data from the beginning, steps
+        # 6-15 on batches 0, 1, 2, ... The student and the optimizer state
+        # (Adam's moments) must be that run's: a restore from an older save, a
+        # lost optimizer state or a replayed step would each differ.
+        reference, _ = self._run(
+            self._exchange_dir(),
+            self.create_tempdir().full_path,
+            2,
+            dataset=self.dataset.take(6).concatenate(self.dataset),
+        )
+        for a, b in zip(
+            reference.student.get_weights(), resumed.student.get_weights(), strict=True
+        ):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(reference.optimizer.variables, resumed.optimizer.variables, strict=True):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        # And not the run without the interruption: the lost step mattered.
+        uninterrupted, _ = self._run(self._exchange_dir(), self.create_tempdir().full_path, 2)
+        self.assertNotAllClose(
+            uninterrupted.student.get_weights()[0], resumed.student.get_weights()[0], atol=1e-4
+        )
 
 
 if __name__ == "__main__":

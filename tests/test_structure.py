@@ -14,6 +14,13 @@ TEST_MODULE = {
     "tf_codistill.datasets.criteo": "test_criteo_dataset.py",
     "tf_codistill.datasets.imagenet": "test_imagenet_dataset.py",
     "tf_codistill.models.criteo": "test_criteo_model.py",
+    # The programs share one test module (their console scripts); each is
+    # also tested by its own: test_train_binary, test_tools, test_launch_local.
+    "tf_codistill.programs.train": "test_programs.py",
+    "tf_codistill.programs.evaluate": "test_programs.py",
+    "tf_codistill.programs.churn": "test_programs.py",
+    "tf_codistill.programs.launch_local": "test_programs.py",
+    "tf_codistill.programs.launch_ray": "test_programs.py",
 }
 
 
@@ -101,3 +108,19 @@ def test_only_the_ray_launcher_imports_ray():
             if any(n == "ray" or n.startswith("ray.") for n in names):
                 importers.add(name)
     assert importers == {"tf_codistill.ray_launcher"}, importers
+
+
+def test_flags_are_defined_by_the_programs_only():
+    # The library knows nothing of flags: only tf_codistill/programs/ defines them.
+    defining = []
+    for name, path in _modules().items():
+        if name.startswith("tf_codistill.programs"):
+            continue
+        with open(path) as f:
+            if "flags.DEFINE_" in f.read():
+                defining.append(name)
+    assert not defining, defining
+    programs = {n for n in _modules() if n.startswith("tf_codistill.programs.")}
+    for name, path in _modules().items():
+        if not name.startswith("tf_codistill.programs"):
+            assert not _imports(path, _modules()) & programs, name

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tf_codistill import gin_utils
 from tf_codistill import testing
+from tf_codistill.testing import drills
 
 GIN_DIR = os.path.join(testing.repo_root(), "gin")
 # gin/reproduce/ configures the study harness, not a group: tests/test_reproduce.py
@@ -28,8 +29,12 @@ def test_every_shipped_gin_file_parses(gin_file):
 
 
 def test_tiny_demo_writes_config_checkpoints_summaries(tmp_path):
+    # Alone: its peer, group 1, never publishes.
     testing.run_train_main(
-        tmp_path, ["demo/tiny.gin"], ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
+        tmp_path,
+        ["demo/tiny.gin"],
+        ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"],
+        allow_no_distillation=True,
     )
     group = tmp_path / "group_0"
     config = (group / "operative_config.gin").read_text()
@@ -53,15 +58,58 @@ def test_tiny_demo_writes_config_checkpoints_summaries(tmp_path):
     } <= tags
 
 
+def _published(group_dir):
+    """{file name: (inode, mtime_ns)} of a group's published checkpoints."""
+    found = {}
+    for path in glob.glob(os.path.join(group_dir, "ckpt-*")):
+        stat = os.stat(path)
+        found[os.path.basename(path)] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
 def test_rerun_after_completion_resumes_instead_of_retraining(tmp_path):
     bindings = ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
-    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings)
+    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings, allow_no_distillation=True)
+    group = str(tmp_path / "group_0")
     first = json.loads((tmp_path / "group_0" / "metrics.json").read_text())
+    published = _published(group)
+    trained = drills.scalars(group, "task_loss")
+    assert published and trained
     gin.clear_config()
-    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings)
+    testing.run_train_main(tmp_path, ["demo/tiny.gin"], bindings, allow_no_distillation=True)
     second = json.loads((tmp_path / "group_0" / "metrics.json").read_text())
     assert second["steps"] == 40
     assert second["history"] == first["history"]
+    # A retrain (which gives the same history: seeded) would log its training
+    # steps again and publish its checkpoints anew (new files).
+    assert drills.scalars(group, "task_loss") == trained
+    assert _published(group) == published
+
+
+def test_resuming_a_root_of_another_model_is_one_line(tmp_path):
+    bindings = ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"]
+    testing.run_train_main(
+        tmp_path, ["demo/tiny.gin"], bindings, num_groups=1, allow_no_distillation=True
+    )
+    gin.clear_config()
+    with pytest.raises(SystemExit) as exit_info:
+        testing.run_train_main(
+            tmp_path,
+            ["demo/tiny.gin"],
+            [
+                *bindings,
+                "tf_codistill.models.mlp_classifier.hidden_units = (8,)",
+                "tf_codistill.train_lib.train_group.train_steps = 60",
+            ],
+            num_groups=1,
+        )
+    text = str(exit_info.value.code)
+    assert text.startswith(
+        "train.py: this root_dir holds a run of another model (its resume state in backup/ "
+        "does not fit the model configured now); use a new --root_dir, or delete "
+        f"{tmp_path / 'group_0'} to train this group from scratch."
+    ), text
+    assert "\n" not in text
 
 
 @pytest.mark.parametrize(
@@ -84,6 +132,14 @@ def test_rerun_after_completion_resumes_instead_of_retraining(tmp_path):
             ["tf_codistill.train_lib.train_group.train_steps = (("],
             0,
             "train_steps",
+        ),
+        (
+            # Adam takes **kwargs: refused when called, inside training.
+            ["demo/tiny.gin"],
+            ["keras.optimizers.Adam.learnin_rate = 0.1"],
+            0,
+            "gin binding keras.optimizers.Adam.learnin_rate: Adam has no parameter "
+            "'learnin_rate'; did you mean 'learning_rate'?",
         ),
         (["demo/nonexistent.gin"], [], 0, "gin file 'demo/nonexistent.gin' not found"),
         (["demo/tiny.gin"], [], 2, "--group_index must be in"),

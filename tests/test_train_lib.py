@@ -12,6 +12,8 @@ from tf_keras.src.distribute import worker_training_state
 
 from tf_codistill import callbacks
 from tf_codistill import codistill_model
+from tf_codistill import errors
+from tf_codistill import exchange
 from tf_codistill import gin_utils
 from tf_codistill import train_lib
 from tf_codistill.datasets import sharding
@@ -141,3 +143,69 @@ def test_restart_mid_epoch_with_steps_per_execution_trains_the_steps_asked(tmp_p
     results = train_lib.train_group(str(tmp_path), group_index=0, num_groups=2)
     assert results["steps"] == 40
     assert [e["step"] for e in results["history"]] == [40]
+
+
+class _PublishOtherArchitectureAt(keras.callbacks.Callback):
+    """Plays a misconfigured peer, group 1, that first publishes at step 5."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 5:
+            other = mlp.mlp_classifier(hidden_units=(12,))  # tiny.gin's has 16.
+            exchange.Publisher(other, exchange.group_dir(self.root, 1)).publish(5)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_peer_of_another_architecture_arriving_late_is_no_silent_success(tmp_path, allow):
+    # Not seen at the start (nothing published yet), so not PeerMismatchError:
+    # refused at every reload after, the group trains alone. It must say so
+    # at the end, in metrics.json, and fail unless allowed.
+    gin.clear_config()
+    gin_utils.parse(["demo/tiny.gin"], ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"])
+    root = str(tmp_path)
+    factories = [lambda: _PublishOtherArchitectureAt(root)]
+    if allow:
+        results = train_lib.train_group(root, 0, 2, callbacks=factories, allow_no_distillation=True)
+    else:
+        with pytest.raises(
+            errors.NoDistillationError,
+            match=r"group 0 never distilled: .*peer 1's checkpoints were all refused "
+            r"\(\d+ failed reads; last: ckpt-5 does not match this model's variables.*"
+            r"pass --allow_no_distillation",
+        ):
+            train_lib.train_group(root, 0, 2, callbacks=factories)
+        results = json.loads((tmp_path / "group_0" / "metrics.json").read_text())
+    assert results["steps"] == 40  # Trained and written all the same.
+    report = results["distillation"]
+    assert report["happened"] is False and report["never_loaded"] == [1]
+    assert report["peers"]["1"]["loaded"] == 0 and report["peers"]["1"]["failed"] >= 1
+    assert "does not match this model's variables" in report["peers"]["1"]["last_failure"]
+
+
+def test_burn_in_over_the_whole_run_is_named(tmp_path):
+    gin.clear_config()
+    gin_utils.parse(
+        ["demo/tiny.gin"],
+        [
+            "tf_codistill.train_lib.train_group.wait_for_peers_s = 0",
+            "tf_codistill.train_lib.train_group.burn_in_steps = 100",
+        ],
+    )
+    peer = mlp.mlp_classifier(hidden_units=(16,))
+    exchange.Publisher(peer, exchange.group_dir(str(tmp_path), 1)).publish(0)
+    with pytest.raises(errors.NoDistillationError, match=r"is 0 up to the last step, 39"):
+        train_lib.train_group(str(tmp_path), 0, 2)
+
+
+def test_a_group_that_distilled_reports_it(tmp_path):
+    gin.clear_config()
+    gin_utils.parse(["demo/tiny.gin"], ["tf_codistill.train_lib.train_group.wait_for_peers_s = 0"])
+    peer = mlp.mlp_classifier(hidden_units=(16,))
+    exchange.Publisher(peer, exchange.group_dir(str(tmp_path), 1)).publish(0)
+    results = train_lib.train_group(str(tmp_path), 0, 2)
+    report = results["distillation"]
+    assert report["happened"] is True and report["why_not"] == ""
+    assert report["peers"]["1"]["loaded"] >= 1

@@ -96,7 +96,7 @@ class ExchangeCallback(StepCounting):
 
     The callback talks to the model's `exchange_client` only (an
     `exchange_client.ExchangeClient`: `start`, `exchange`, `poll`, `logs`,
-    `finish`, `background`).
+    `note_distill_weight`, `finish`, `background`).
 
     Args:
       every_n_steps: exchange interval in train steps; defaults to the model's
@@ -160,6 +160,8 @@ class ExchangeCallback(StepCounting):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
+            # The epoch's mean weight in effect: > 0 if any step used psi.
+            self.client.note_distill_weight(logs.get("distill_weight"))
             logs.update(self.client.logs(self.step))
 
     def on_train_end(self, logs=None):
@@ -171,8 +173,12 @@ def with_exchange(callbacks, every_n_steps: int) -> list:
 
     It goes after `BackupAndRestore` (which restores the step and teachers
     first) and before the others (which then see the exchange logs).
+
+    Raises:
+      errors.ConfigTypeError: a Keras 3 (`tf.keras`) callback among them.
     """
     callbacks = list(callbacks or [])
+    errors.check_tf_keras(callbacks, "fit(callbacks=...)")
     if any(isinstance(c, ExchangeCallback) for c in callbacks):
         return callbacks
     restores = [
@@ -193,6 +199,9 @@ def format_logs(logs, prefix: str = "") -> str:
 
 class ProgressLogger(StepCounting):
     """One log line every `every_n_steps` train steps, and one per evaluation.
+
+    With a `CodistillModel`, each training line is followed by one saying
+    which teachers were reloaded since the previous one.
 
     Meant for processes whose output is interleaved with others' (the local
     launcher), where Keras' progress bar would be unreadable.
@@ -230,6 +239,12 @@ class ProgressLogger(StepCounting):
         logging.info(
             "%s%s | %s | %.1f steps/s", self.prefix, self._where(), format_logs(logs), rate
         )
+        # A CodistillModel's teacher reloads since the last line (each one is
+        # logged at DEBUG only).
+        client = getattr(self.model, "exchange_client", None)
+        reloads = client.reload_summary() if client is not None else ""
+        if reloads:
+            logging.info("%s%s | teachers | %s", self.prefix, self._where(), reloads)
 
     def on_epoch_end(self, epoch, logs=None):
         evaluation = format_logs(logs, prefix="val_")

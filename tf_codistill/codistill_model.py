@@ -39,8 +39,13 @@ from tf_codistill import teachers as teachers_lib
 
 __all__ = ["CodistillModel", "ReloadOutcome", "ExchangeWriteError", "PeerMismatchError"]
 
-# Metric names, also used by callbacks, binaries and docs.
+# Metric names, also used by callbacks, binaries and docs. `loss` is the task
+# loss, as a plain model reports it, in training and evaluation alike (so
+# `val_loss` is comparable across burn-in and with a model trained alone);
+# `total_loss` is what training minimises, task + w * psi; `task_loss` is kept
+# (equal to `loss`) for code that reads `val_task_loss`.
 LOSS = "loss"
+TOTAL_LOSS = "total_loss"
 TASK_LOSS = "task_loss"
 DISTILL_LOSS = "distill_loss"
 DISTILL_WEIGHT = "distill_weight"
@@ -64,8 +69,10 @@ class CodistillModel(keras.Model):
 
     Args:
       student: a built `tf_keras.Model` returning logits (one tensor,
-        `[batch, classes]`, `[batch, 1]` or `[batch, time, vocab]`). Create it
-        inside the strategy scope, as you create this model.
+        `[batch, classes]`, `[batch, 1]` or `[batch, time, vocab]`, or several
+        outputs with `distill_output` naming the logits to distill), not
+        probabilities. Create it inside the strategy scope, as you create this
+        model.
       group_index: this group's index in `[0, num_groups)`.
       num_groups: number of groups in the run.
       exchange_dir: directory (local path or any `tf.io.gfile` URL) shared by
@@ -88,34 +95,25 @@ class CodistillModel(keras.Model):
       max_staleness_steps: if set, a teacher older than this many steps is left
         out of the average until its peer publishes again.
       background_reload: read peers' new checkpoints on a background thread
-        into a second copy of each teacher and switch to it between two steps,
-        so that a reload costs the train loop almost nothing (and a teacher is
-        used soon after its peer publishes, not only at the next exchange).
-        Doubles the teachers' memory. None (default) turns it on for
-        single-process groups; multi-worker groups reload synchronously, with
-        the workers agreeing on each checkpoint.
+        into a second copy of each teacher, switched to between two steps
+        (twice the teachers' memory). None (default): on for single-process
+        groups; multi-worker groups reload at the boundary, agreeing.
       peer_selection: which peers the teachers hold in each exchange interval:
         `all_peers` (default: one teacher per peer), `random_peer` or
         `round_robin` (one teacher for any number of peers), or a
         `tf_codistill.peer_selection.PeerSelection`.
-      teacher_dtype: None (default: the teachers run in the student's
-        precision), "bfloat16" or "float16": the teachers keep their
-        variables and run their forward pass in that precision, which is
-        cheaper on hardware with fast bf16/fp16 (TPUs, GPUs, CPUs with
-        AVX512-BF16 or AMX) and halves the teachers' memory. Their logits
-        are cast back to the student's dtype, psi computed there; peers'
-        float32 checkpoints are read as they are (the published format does
-        not change) and cast when loaded into a teacher. The student trains
-        in its own precision.
-      background_publish: at exchange boundaries, copy the student into a
-        snapshot (one more copy of its variables, on the host) and write the
-        checkpoint on a helper thread, so that publishing costs the step a
-        copy rather than a write. The files are the same; `fit`'s end
-        waits for the last write; a failed write stops `fit` after the next
-        step with the `ExchangeWriteError` a blocking write raises. Off by
-        default (writes at the boundary, blocking): on a loaded 2-core host
-        it did not lower the p99 step (docs/benchmarks.md); measure it where
-        the writer has a core of its own.
+      teacher_dtype: None (the student's precision), "bfloat16" or
+        "float16": the teachers hold and run their weights in it (cheaper
+        where bf16/fp16 is fast, half the teachers' memory); their logits are
+        cast back for psi; peers' checkpoints are read as published.
+      background_publish: write the group's checkpoints on a helper thread
+        from a snapshot taken at the boundary (same files; `fit`'s end waits;
+        a failed write stops `fit` after the next step). Off by default: on a
+        loaded 2-core host it did not lower the p99 step (docs/benchmarks.md).
+      distill_output: for a student with several outputs (auxiliary heads),
+        the one psi reads: a name of `student.output_names` (or a key of a
+        subclassed model's dict of outputs) or an index. The task loss covers
+        every output, as `compile` configures it.
       **kwargs: passed to `tf_keras.Model`, e.g. `name`.
 
     Raises:
@@ -142,11 +140,13 @@ class CodistillModel(keras.Model):
         peer_selection: Union[None, str, peer_selection_lib.PeerSelection] = None,
         teacher_dtype: Optional[str] = None,
         background_publish: bool = False,
+        distill_output: Union[None, int, str] = None,
         **kwargs,
     ):
         kwargs.setdefault("name", "codistill")
         super().__init__(**kwargs)
         teachers_lib.check_student(student)
+        self._distill_output = teachers_lib.resolve_distill_output(student, distill_output)
         num_groups = errors.check_int("num_groups", num_groups, minimum=1)
         group_index = errors.check_int("group_index", group_index, minimum=0)
         if group_index >= num_groups:
@@ -178,6 +178,7 @@ class CodistillModel(keras.Model):
             own_step=self._own_step,
             teacher_dtype=teacher_dtype,
             background_publish=background_publish,
+            distill_output=self._distill_output,
         )
 
         # train_step/test_step return metric results, the same on every
@@ -186,6 +187,7 @@ class CodistillModel(keras.Model):
         # "first" is right for every strategy.
         self.distribute_reduction_method = "first"
         self._loss_tracker = keras.metrics.Mean(name=LOSS)
+        self._total_loss_tracker = keras.metrics.Mean(name=TOTAL_LOSS)
         self._task_loss_tracker = keras.metrics.Mean(name=TASK_LOSS)
         self._distill_loss_tracker = keras.metrics.Mean(name=DISTILL_LOSS)
         self._weight_tracker = keras.metrics.Mean(name=DISTILL_WEIGHT)
@@ -293,6 +295,7 @@ class CodistillModel(keras.Model):
     def metrics(self):
         trackers = [
             self._loss_tracker,
+            self._total_loss_tracker,
             self._task_loss_tracker,
             self._distill_loss_tracker,
             self._weight_tracker,
@@ -305,7 +308,7 @@ class CodistillModel(keras.Model):
         if getattr(self, "compiled_metrics", None) is not None:
             compiled = list(self.compiled_metrics.metrics)
         # The compiled loss container tracks the task loss under the name
-        # "loss"; ours reports the total under that name instead.
+        # "loss"; ours does, the same value under any strategy.
         excluded = {id(m) for m in trackers + compiled}
         if getattr(self, "compiled_loss", None) is not None:
             excluded |= {id(m) for m in self.compiled_loss.metrics}
@@ -328,23 +331,29 @@ class CodistillModel(keras.Model):
             lambda: tf.zeros(tf.shape(y_pred)[:1], tf.float32),
         )
 
-    def _step_terms(self, x, y, y_pred, sample_weight, step, tape=None):
+    def _step_terms(self, x, y, outputs, sample_weight, step, tape=None):
         """Task loss, distillation terms and the weight in effect for one batch.
 
         Args:
+          outputs: the student's outputs (all of them: the task loss's).
           tape: the train step's GradientTape (paused for the teachers), or
             None when evaluating.
         """
         training = tape is not None
-        if not tf.is_tensor(y_pred):
-            raise errors.ConfigError(
-                "CodistillModel needs a student with a single logits output, got "
-                f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), y_pred)}"
-            )
-        self._distill_loss.validate_logits(y_pred)
-        task_loss = self.compiled_loss(
-            y, y_pred, sample_weight, regularization_losses=self.student.losses
+        # float32 whatever the policy: under mixed precision the compiled loss
+        # of a float16/bfloat16 head has the head's dtype, psi is float32.
+        task_loss = tf.cast(
+            self.compiled_loss(
+                y, outputs, sample_weight, regularization_losses=self.student.losses
+            ),
+            tf.float32,
         )
+        # From here on, the output psi reads.
+        y_pred = teachers_lib.select_output(outputs, self._distill_output)
+        teachers_lib.check_logits(y_pred, self.student.name)
+        self._distill_loss.validate_logits(y_pred)
+        if sample_weight is not None and not tf.is_tensor(sample_weight):
+            sample_weight = teachers_lib.select_output(sample_weight, self._distill_output)
         peer_weights = self.teacher_pool.peer_weights(step)
         any_peer = tf.reduce_any(peer_weights > 0)
         weight = self._schedule(step) * tf.cast(any_peer, tf.float32)
@@ -360,13 +369,14 @@ class CodistillModel(keras.Model):
                     x, y_pred, peer_weights, active, self._distill_loss
                 )
             nonfinite = tf.cast(active, tf.float32) * (peer_weights - usable)
-            self.teacher_pool.nonfinite.update_state(nonfinite)
+            self.teacher_pool.count_nonfinite(nonfinite, training)
             # psi counts only with a teacher whose predictions are finite.
             any_usable = tf.reduce_any(usable > 0)
             active = tf.logical_and(active, any_usable)
-            if training:
-                weight = weight * tf.cast(any_usable, tf.float32)
-            per_example = self._distill_per_example(targets, y_pred, weights, active)
+            weight = weight * tf.cast(any_usable, tf.float32)
+            per_example = self._distill_per_example(
+                targets, y_pred, losses.keras_loss_weights(y_pred, sample_weight), active
+            )
         # Scaled by the global batch: the same value and gradient under any strategy.
         distill_loss = tf.nn.compute_average_loss(per_example)
         return dict(
@@ -381,13 +391,15 @@ class CodistillModel(keras.Model):
             active=active,
         )
 
-    def _update_trackers(self, y_pred, terms, step, training):
+    def _update_trackers(self, terms, step):
         # Keras' loss tracker convention: per-replica (unscaled) mean, weighted
         # by the local batch size, so that result() is the global mean.
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
-        batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
-        self._loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
-        self._task_loss_tracker.update_state(terms["task_loss"] * replicas, sample_weight=batch)
+        batch = tf.cast(tf.shape(terms["per_example"])[0], tf.float32)
+        task_loss = terms["task_loss"] * replicas
+        self._loss_tracker.update_state(task_loss, sample_weight=batch)
+        self._task_loss_tracker.update_state(task_loss, sample_weight=batch)
+        self._total_loss_tracker.update_state(terms["total"] * replicas, sample_weight=batch)
         active = tf.cast(terms["active"], tf.float32)
         self._distill_loss_tracker.update_state(
             terms["per_example"],
@@ -399,17 +411,19 @@ class CodistillModel(keras.Model):
             if terms["weights"] is not None:
                 position_weights = losses.broadcast_weights(terms["weights"], agreement)
             self._agreement_tracker.update_state(agreement, sample_weight=position_weights * active)
-        if training:
-            self._weight_tracker.update_state(terms["weight"])
-            peer_weights = terms["peer_weights"]
-            if self.teacher_pool.num_slots:
-                staleness = self.teacher_pool.staleness(step)
-                mean_staleness = tf.math.divide_no_nan(
-                    tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
-                )
-                self._staleness_tracker.update_state(
-                    mean_staleness, sample_weight=tf.reduce_max(peer_weights)
-                )
+        # In evaluation too: the weight and the teachers' staleness at the
+        # evaluated step (what its total_loss used), and every name of
+        # `metrics_names` has a value in `evaluate()`'s list.
+        self._weight_tracker.update_state(terms["weight"])
+        peer_weights = terms["peer_weights"]
+        if self.teacher_pool.num_slots:
+            staleness = self.teacher_pool.staleness(step)
+            mean_staleness = tf.math.divide_no_nan(
+                tf.reduce_sum(staleness * peer_weights), tf.reduce_sum(peer_weights)
+            )
+            self._staleness_tracker.update_state(
+                mean_staleness, sample_weight=tf.reduce_max(peer_weights)
+            )
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -430,7 +444,7 @@ class CodistillModel(keras.Model):
                 lambda: tf.constant(0.0),
             )
         self.optimizer.minimize(terms["total"], variables, tape=tape)
-        self._update_trackers(y_pred, terms, step, training=True)
+        self._update_trackers(terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
         return self.get_metrics_result()
 
@@ -447,16 +461,17 @@ class CodistillModel(keras.Model):
         )
         y_pred = self.student(x, training=False)
         terms = self._step_terms(x, y, y_pred, sample_weight, step)
-        self._update_trackers(y_pred, terms, step, training=False)
+        self._update_trackers(terms, step)
         self.compiled_metrics.update_state(y, y_pred, sample_weight)
-        results = self.get_metrics_result()
-        # Weight and staleness describe training; evaluation leaves them out.
-        results.pop(DISTILL_WEIGHT, None)
-        results.pop(TEACHER_STALENESS, None)
-        return results
+        return self.get_metrics_result()
 
     # ------------------------------------------------------------------
     # Keras plumbing.
+
+    def compile(self, *args, **kwargs):
+        """`tf_keras.Model.compile`; a Keras 3 (`tf.keras`) optimizer, loss or metric is refused."""
+        errors.check_tf_keras([args, kwargs], "compile()")
+        super().compile(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
         """`tf_keras.Model.fit`, with an `ExchangeCallback` added if none is given."""
@@ -468,16 +483,29 @@ class CodistillModel(keras.Model):
         )
         return super().fit(**arguments)
 
+    def save(self, filepath, *args, **kwargs):
+        """Saves the student alone (`model.student.save`): the served model.
+
+        What `keras.callbacks.ModelCheckpoint` calls with its defaults, so it
+        works as for any Keras model; the file holds no teacher and loads with
+        plain `tf_keras.models.load_model`. Training state (student, teachers,
+        optimizer) is what `save_weights` and `BackupAndRestore` keep.
+        """
+        logging.log_first_n(
+            logging.INFO, "CodistillModel.save: saving the student alone to %s", 1, filepath
+        )
+        return self.student.save(filepath, *args, **kwargs)
+
+    def __dir__(self):
+        # tf_keras' `.weights.h5` format finds what to save by walking dir();
+        # `teachers` is a view that changes with the active buffer, so a
+        # file saved with the spare buffer active did not load. The pool's
+        # own attributes are walked instead.
+        return [name for name in super().__dir__() if name != "teachers"]
+
     def get_config(self):
         raise NotImplementedError(
-            "CodistillModel is not serialisable as a model: save `model.student` for "
-            "serving, and use keras.callbacks.BackupAndRestore (or save_weights) to "
-            "checkpoint training state"
-        )
-
-    def save(self, *args, **kwargs):
-        raise NotImplementedError(
-            "CodistillModel holds training-only state (peer teachers, exchange); call "
-            "`model.student.save(...)` to export the served model, and use "
-            "keras.callbacks.BackupAndRestore or `model.save_weights(...)` for training state"
+            "CodistillModel is not serialisable as a model: model.save (and "
+            "ModelCheckpoint) save the student alone, for serving; use "
+            "keras.callbacks.BackupAndRestore (or save_weights) to checkpoint training state"
         )

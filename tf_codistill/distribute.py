@@ -19,6 +19,7 @@ from tf_codistill import errors
 
 __all__ = [
     "STRATEGIES",
+    "components",
     "make_strategy",
     "is_default",
     "is_chief",
@@ -29,6 +30,18 @@ __all__ = [
 ]
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def components(variables) -> list:
+    """The per-replica variables of (possibly distributed) variables, on this worker.
+
+    A sync-on-read variable (a replica's carried state, say) has a value per
+    replica; copying or resetting it variable by variable reaches each one.
+    """
+    out = []
+    for v in variables:
+        out.extend(v.values if isinstance(v, tf.distribute.DistributedValues) else [v])
+    return out
 
 
 def make_strategy(name: str = "default", tpu: Optional[str] = None) -> tf.distribute.Strategy:

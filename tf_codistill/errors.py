@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "CheckpointContentError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotReadyError",
@@ -32,10 +33,14 @@ __all__ = [
     "EvaluationError",
     "ExchangeWriteError",
     "GinConfigError",
+    "GroupOwnedError",
     "MalformedLineError",
+    "NoDistillationError",
     "PeerCheckpointError",
     "PeerMismatchError",
+    "RunMismatchError",
     "check_int",
+    "check_tf_keras",
     "one_line",
 ]
 
@@ -64,6 +69,18 @@ class GinConfigError(ConfigError):
     """A gin file or binding is wrong; the message names it."""
 
 
+class GroupOwnedError(ConfigError):
+    """Another live process writes this group's directory (the same group started twice)."""
+
+
+class RunMismatchError(ConfigError):
+    """A root_dir whose saved state belongs to another model (resumed with a changed config)."""
+
+
+class NoDistillationError(Error, RuntimeError):
+    """A codistilling group that never distilled (and was not allowed to)."""
+
+
 class PeerMismatchError(ConfigError):
     """A peer's checkpoint is of another architecture: a configuration mistake."""
 
@@ -84,7 +101,17 @@ class CheckpointError(Error):
 PeerCheckpointError = CheckpointError
 
 
-class CheckpointMismatchError(CheckpointError):
+class CheckpointContentError(CheckpointError):
+    """A checkpoint that was read and is bad: refused for good, not retried.
+
+    Other variables, NaN or Inf, a step other than its name's, files of absurd
+    size. Any other `CheckpointError` (an I/O error, files vanished or not yet
+    complete) may be transient, and a reader tries again, a bounded number of
+    times.
+    """
+
+
+class CheckpointMismatchError(CheckpointContentError):
     """A checkpoint whose variables are not this model's (names, shapes, dtypes)."""
 
 
@@ -100,6 +127,38 @@ class CheckpointNotReadyError(CheckpointError):
 
 class ExchangeWriteError(Error, RuntimeError):
     """A group cannot write into its directory (full or unwritable exchange dir)."""
+
+
+def _is_keras3(value) -> bool:
+    # Keras 3's classes live in `keras.src...`; tf_keras's in `tf_keras...`.
+    return any(c.__module__.split(".")[0] == "keras" for c in type(value).__mro__)
+
+
+def check_tf_keras(values, where: str) -> None:
+    """Raises if any of `values` (nested in lists, tuples, dicts) is a Keras 3 object.
+
+    Under TensorFlow 2.16+ `tf.keras` is Keras 3, another library: its
+    optimizers, losses and callbacks fail deep inside a tf_keras `fit`
+    ("Could not interpret optimizer identifier", "'EarlyStopping' object has
+    no attribute '_implements_train_batch_hooks'").
+
+    Raises:
+      ConfigTypeError: naming the object, where it was given, and the fix.
+    """
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif _is_keras3(value):
+            raise ConfigTypeError(
+                f"{where} got {type(value).__name__} from Keras 3 ({type(value).__module__}), "
+                "which tf.keras is under TensorFlow 2.16+; tf_codistill runs on tf_keras: write "
+                "`import tf_keras as keras` and use keras.*, or set TF_USE_LEGACY_KERAS=1 "
+                "before importing TensorFlow"
+            )
 
 
 def check_int(name: str, value, minimum: int) -> int:

@@ -668,8 +668,10 @@ def restore_validated(
       its name if it holds none).
 
     Raises:
-      CheckpointError: why the checkpoint cannot be used (a
-        `CheckpointMismatchError` for other variables). The model may then
+      CheckpointError: why the checkpoint cannot be used: a
+        `CheckpointContentError` for bad content (a `CheckpointMismatchError`
+        for other variables), worth no second read; any other for a failed
+        read, maybe transient (truncated or vanished files). The model may then
         hold a mix of old and new values: callers restore into a staging copy
         (teachers) or restore a good checkpoint before using it (evaluation).
     """
@@ -710,11 +712,13 @@ def restore_validated(
         return step if step >= 0 else ref.step
     for variable in model.weights:
         if variable.dtype.is_floating and not np.all(np.isfinite(variable.numpy())):
-            raise PeerCheckpointError(f"{name} holds NaN or Inf in {variable.name}")
+            raise errors.CheckpointContentError(f"{name} holds NaN or Inf in {variable.name}")
     if step < 0:
-        raise PeerCheckpointError(f"{name} holds no 'step' (not written by tf_codistill?)")
+        raise errors.CheckpointContentError(
+            f"{name} holds no 'step' (not written by tf_codistill?)"
+        )
     if step != ref.step:
-        raise PeerCheckpointError(f"{name} holds step {step}, not {ref.step}")
+        raise errors.CheckpointContentError(f"{name} holds step {step}, not {ref.step}")
     return step
 
 
@@ -745,7 +749,7 @@ def _check_sizes(prefix: str, name: str, signature: ModelSignature) -> None:
         raise CheckpointNotReadyError(f"{name} has no data files (not visible yet, or deleted)")
     max_index = _MAX_INDEX_BYTES + 4096 * len(signature.expected)
     if index_bytes > max_index:
-        raise PeerCheckpointError(
+        raise errors.CheckpointContentError(
             f"{name}.index is {index_bytes} bytes, more than an index of this model "
             f"can be ({max_index}); refused unread"
         )
@@ -755,7 +759,7 @@ def _check_sizes(prefix: str, name: str, signature: ModelSignature) -> None:
             f"{expected} (truncated, or not written completely)"
         )
     if data_bytes > 16 * expected + _MAX_INDEX_BYTES:
-        raise PeerCheckpointError(
+        raise errors.CheckpointContentError(
             f"{name} holds {data_bytes} bytes of data for a model of {expected}; refused unread"
         )
 

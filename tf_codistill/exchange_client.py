@@ -13,16 +13,20 @@ An `ExchangeClient` publishes the group's student and keeps its teacher pool
   multi-worker groups reload at the exchange boundary, the workers agreeing
   on every checkpoint (`distribute.agree_min`) so that all replicas share
   one teacher;
-* a teacher that predicted NaN or Inf is dropped, and a refused checkpoint
-  is not tried again (the peer's next one is).
+* a teacher that predicted NaN or Inf is dropped; a checkpoint of bad
+  content is not read again, one whose read failed (maybe transiently) is
+  read again a bounded number of times (`MAX_READ_ATTEMPTS`); the peer's next
+  checkpoint is tried either way.
 
-`ExchangeCallback` drives it through six calls (`start`, `exchange`, `poll`, `check_publish`,
-`logs`, `finish`); `CodistillModel.fit` adds that callback by itself.
+`ExchangeCallback` drives it through seven calls (`start`, `exchange`, `poll`,
+`check_publish`, `logs`, `note_distill_weight`, `finish`); `CodistillModel.fit`
+adds that callback by itself.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +42,7 @@ from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
 from tf_codistill import layout
+from tf_codistill import ownership
 from tf_codistill import peer_selection
 from tf_codistill import teachers
 
@@ -78,6 +83,7 @@ def create(
     own_step: Callable[[], int],
     teacher_dtype: Optional[str] = None,
     background_publish: bool = False,
+    distill_output: teachers.OutputChoice = None,
 ) -> tuple[teachers.TeacherPool, ExchangeClient]:
     """A group's teacher pool and the client that fills it (see `CodistillModel`).
 
@@ -105,6 +111,7 @@ def create(
         else (),
         buffers=2 if background else 1,
         max_staleness_steps=max_staleness_steps,
+        distill_output=distill_output,
     )
     client = ExchangeClient(
         pool,
@@ -123,13 +130,24 @@ def create(
 
 
 class _Outcomes:
-    """Counts and logs reload outcomes (each status change once, failures always)."""
+    """Counts and logs reload outcomes (each status change once, failures always).
+
+    A peer's first teacher is logged at INFO, every later reload at DEBUG
+    (`--verbosity=1`); `summary()` gives the reloads since its last call in
+    one line, which `callbacks.ProgressLogger` prints with its progress lines:
+    one line per reload drowned everything else (113 of the demo's 229 lines).
+    """
 
     def __init__(self, group_index: int, peers: Sequence[int]):
         self.group_index = group_index
         self.last_status: dict[int, Optional[str]] = {p: None for p in peers}
         self.reload_counts = {p: {"loaded": 0, "failed": 0} for p in peers}
         self.fault_counts = {"peer_reload_failures": 0, "teachers_dropped": 0}
+        self.last_failure: dict[int, str] = {}
+        # Per peer since the last summary: [reloads, latest step, its staleness].
+        # Recorded by the background reader too, read by the training thread.
+        self._recent: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
 
     def record(self, outcomes: Sequence[ReloadOutcome]) -> None:
         for o in outcomes:
@@ -137,15 +155,22 @@ class _Outcomes:
             self.last_status[o.peer] = o.status
             if o.status == "loaded":
                 self.reload_counts[o.peer]["loaded"] += 1
-                logging.info(
-                    "Group %d: teacher for peer %d <- step %d (staleness %d steps, %.3f s)",
+                with self._lock:
+                    count = self._recent.get(o.peer, [0])[0]
+                    self._recent[o.peer] = [count + 1, o.step, o.staleness]
+                first = self.reload_counts[o.peer]["loaded"] == 1
+                logging.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "Group %d: %steacher for peer %d <- step %d (staleness %d steps, %.3f s)",
                     self.group_index,
+                    "first " if first else "",
                     o.peer,
                     o.step,
                     o.staleness,
                     o.seconds,
                 )
             elif o.status == "failed":
+                self.last_failure[o.peer] = o.reason
                 self.reload_counts[o.peer]["failed"] += 1
                 self.fault_counts["peer_reload_failures"] += 1
                 logging.warning(
@@ -162,20 +187,116 @@ class _Outcomes:
                     o.peer,
                 )
 
+    def summary(self) -> str:
+        """The teachers loaded since the last call, in one line ("" if none).
+
+        E.g. `peer 1: 9 reloads, now step 2450 (staleness 495)`.
+        """
+        with self._lock:
+            recent, self._recent = self._recent, {}
+        return "; ".join(
+            f"peer {peer}: {count} reload{'s' if count > 1 else ''}, now step {step} "
+            f"(staleness {staleness})"
+            for peer, (count, step, staleness) in sorted(recent.items())
+        )
+
+    def report(self, distilled: bool) -> dict:
+        """Whether the group distilled, and what became of each peer, for metrics.json.
+
+        Returns:
+          `{"happened": bool, "peers": {peer: {"loaded", "failed",
+          "last_failure"}}, "never_loaded": [peers], "why_not": str}`;
+          `why_not` is empty when it happened, else says why not, peer by peer.
+        """
+        peers, never_loaded, reasons = {}, [], []
+        for peer, counts in self.reload_counts.items():
+            last = self.last_failure.get(peer, "")
+            peers[str(peer)] = {**counts, "last_failure": last}
+            if counts["loaded"]:
+                continue
+            never_loaded.append(peer)
+            if counts["failed"]:
+                reasons.append(
+                    f"peer {peer}'s checkpoints were all refused ({counts['failed']} failed "
+                    f"reads; last: {last})"
+                )
+            else:
+                reasons.append(f"peer {peer} published no checkpoint")
+        if distilled:
+            why_not = ""
+        elif not self.reload_counts:
+            why_not = "it has no peers"
+        elif reasons:
+            why_not = "; ".join(reasons)
+        else:
+            why_not = "teachers were loaded but the distillation weight was 0 at every step"
+        return {
+            "happened": distilled,
+            "peers": peers,
+            "never_loaded": never_loaded,
+            "why_not": why_not,
+        }
+
+
+# Reads of one checkpoint that may fail (I/O errors, files vanished or not yet
+# complete) before it is refused; bad content is refused at once.
+MAX_READ_ATTEMPTS = 3
+
+
+class _Refusals:
+    """Which peer checkpoints are not to be read again.
+
+    Bad content (`errors.CheckpointContentError`: other variables, NaN/Inf, a
+    wrong step inside, a teacher that predicted NaN/Inf) is refused at the
+    first failure; a failed read, which may be transient, is retried at the
+    next reload until `MAX_READ_ATTEMPTS` reads of that checkpoint failed.
+    Either way the peer's next checkpoint is tried. Only the latest failing
+    checkpoint of each peer is remembered (peers publish increasing steps).
+    Read by the background thread, written between steps.
+    """
+
+    def __init__(self, max_attempts: int = MAX_READ_ATTEMPTS):
+        self.max_attempts = max_attempts
+        self._latest: dict[int, tuple[int, int, bool]] = {}  # peer -> (step, attempts, refused)
+
+    def refused(self, peer: int, step: int) -> bool:
+        step_, _, refused = self._latest.get(peer, (None, 0, False))
+        return refused and step_ == step
+
+    def refuse(self, peer: int, step: int) -> None:
+        self._latest[peer] = (step, self.max_attempts, True)
+
+    def failed(self, peer: int, step: int, error: Optional[Exception]) -> str:
+        """Records a failed read of `peer`'s `step`; returns what happens next, for the log."""
+        if isinstance(error, errors.CheckpointContentError):
+            self.refuse(peer, step)
+            return "refused"
+        if isinstance(error, errors.CheckpointNotReadyError):
+            # Not all its files visible yet (an object store's late listing):
+            # not a failed read; tried again at every reload until it shows.
+            return "not visible yet; tried again at the next reload"
+        previous, attempts, _ = self._latest.get(peer, (None, 0, False))
+        attempts = attempts + 1 if previous == step else 1
+        refused = attempts >= self.max_attempts
+        self._latest[peer] = (step, attempts, refused)
+        if refused:
+            return f"refused after {attempts} failed reads"
+        return f"read {attempts} of {self.max_attempts} failed; tried again at the next reload"
+
 
 class _BackgroundReads:
     """Reads the slots' peers' newer checkpoints on a helper thread (single-process groups).
 
     A job stages each new checkpoint and writes it into the slot's spare
     buffer; `poll` or `wait`, between two steps, switches the slots to what
-    the finished job wrote. Refused checkpoints are recorded in `refused`,
-    shared with the client.
+    the finished job wrote. Failed reads are recorded in `refusals` (a
+    `_Refusals`), shared with the client.
     """
 
-    def __init__(self, pool, loaders, refused, outcomes, own_step):
+    def __init__(self, pool, loaders, refusals, outcomes, own_step):
         self._pool = pool
         self._loaders = loaders
-        self._refused = refused
+        self._refusals = refusals
         self._outcomes = outcomes
         self._own_step = own_step
         self._strategy = tf.distribute.get_strategy()
@@ -205,9 +326,9 @@ class _BackgroundReads:
             try:
                 ref = loader.latest()
             except errors.CheckpointError as e:
-                results.append((k, peer, -1, str(e), 0.0))
+                results.append((k, peer, -1, e, 0.0))
                 continue
-            if ref is None or ref.step == self._refused.get(peer):
+            if ref is None or self._refusals.refused(peer, ref.step):
                 continue
             if peer == held_peers[k] and ref.step <= held_steps[k]:
                 continue  # Held already, or an older state file (a stale read).
@@ -218,20 +339,21 @@ class _BackgroundReads:
                     results.append((k, peer, -1, str(e), time.perf_counter() - start))
                     continue  # Kept as not refused: tried again at the next look.
                 except errors.CheckpointError as e:
-                    results.append((k, peer, ref.step, str(e), time.perf_counter() - start))
+                    results.append((k, peer, ref.step, e, time.perf_counter() - start))
                     continue
                 with self._strategy.scope():
                     loader.write(self._pool.buffer(k, 1 - int(active[k])))
-            results.append((k, peer, ref.step, "", time.perf_counter() - start))
+            results.append((k, peer, ref.step, None, time.perf_counter() - start))
         return results
 
     def _harvest(self, job: concurrent.futures.Future) -> list[ReloadOutcome]:
         own_step = self._own_step()
         outcomes = []
-        for k, peer, step, reason, seconds in job.result():
-            if reason:
+        for k, peer, step, error, seconds in job.result():
+            if error is not None:
+                reason = str(error)
                 if step >= 0:
-                    self._refused[peer] = step  # Not retried; the peer will publish anew.
+                    reason += f" ({self._refusals.failed(peer, step, error)})"
                 staleness = own_step - step if step >= 0 else None
                 outcomes.append(ReloadOutcome(peer, "failed", step, staleness, reason=reason))
                 continue
@@ -284,18 +406,22 @@ class ExchangeClient:
         self.selection = selection
         self._own_step = own_step
         self._publisher = None
-        self._publications = 0
+        self._own: Optional[_OwnPublications] = None
         if distribute.is_chief(self._strategy):
             directory = layout.group_dir(exchange_dir, group_index)
             if background_publish:
                 self._publisher = _background_publisher(student, builder, directory, max_to_keep)
             else:
                 self._publisher = exchange.Publisher(student, directory, max_to_keep=max_to_keep)
+            self._own = _OwnPublications(self._publisher, group_index, own_step)
         self._outcomes = _Outcomes(group_index, self.peers)
-        # Per peer: a checkpoint step that was refused (failed to load, or its
-        # teacher predicted NaN/Inf); not loaded again.
-        self._refused: dict[int, int] = {}
-        self._nonfinite_seen = np.zeros(pool.num_slots)
+        # Whether a train step used psi (weight > 0), since the start.
+        self._distilled = False
+        # Checkpoints not to read again (bad content, or reads failed too often).
+        self._refusals = _Refusals()
+        # Non-finite training batches per slot already acted on (set at the
+        # first start, after BackupAndRestore).
+        self._nonfinite_seen: Optional[np.ndarray] = None
         self._loaders: dict[int, exchange.TeacherLoader] = {}
         self._assigned: tuple[int, ...] = ()
         self._reads: Optional[_BackgroundReads] = None
@@ -304,7 +430,7 @@ class ExchangeClient:
             self._loaders = self._make_loaders(builder, student, exchange_dir)
         if self.background:
             self._reads = _BackgroundReads(
-                pool, self._loaders, self._refused, self._outcomes, own_step
+                pool, self._loaders, self._refusals, self._outcomes, own_step
             )
 
     def _make_loaders(self, builder, student, exchange_dir) -> dict[int, exchange.TeacherLoader]:
@@ -343,6 +469,10 @@ class ExchangeClient:
         """Per peer: `{"loaded": n, "failed": m}` since the start."""
         return self._outcomes.reload_counts
 
+    def reload_summary(self) -> str:
+        """The teachers loaded since the last call, in one line ("" if none)."""
+        return self._outcomes.summary()
+
     @property
     def fault_counts(self) -> dict:
         """`peer_reload_failures` and `teachers_dropped` since the start."""
@@ -362,7 +492,12 @@ class ExchangeClient:
             for every peer's first checkpoint (a start barrier).
           poll_s: polling interval of the barrier.
         """
+        if self._own is not None:
+            self._own.claim()
         self.set_interval(interval)
+        if self.peers and self._nonfinite_seen is None:
+            # A count restored by BackupAndRestore is history, not news.
+            self._nonfinite_seen = self._pool.nonfinite_training_batches()
         if wait_for_peers_s > 0 and self.peers:
             self._wait_for_peers(wait_for_peers_s, poll_s)
         else:
@@ -435,10 +570,32 @@ class ExchangeClient:
         logs.update({k: float(v) for k, v in self.fault_counts.items()})
         return logs
 
+    def note_distill_weight(self, weight) -> None:
+        """Records that training used psi if `weight` (a step's or mean weight) is > 0."""
+        if weight is not None and float(np.asarray(weight)) > 0:
+            self._distilled = True
+
+    def distillation(self) -> dict:
+        """Whether this group distilled, and what became of each peer (see `_Outcomes.report`)."""
+        return self._outcomes.report(self._distilled)
+
     def finish(self) -> None:
-        """At the end of training: takes in a running background read, publishes."""
+        """At the end of training: takes in a running background read, publishes.
+
+        Then lets go of the group directory (`ownership`), which this process
+        owned while it trained.
+        """
         self.wait()
         self.publish(final=True)
+        report = self.distillation()
+        if self.peers and not report["happened"]:
+            logging.warning(
+                "Group %d: no distillation happened in this fit: %s",
+                self.group_index,
+                report["why_not"],
+            )
+        if self._own is not None:
+            self._own.release()
 
     # The operations themselves.
 
@@ -448,86 +605,13 @@ class ExchangeClient:
             self._assigned = self._select(max(0, int(interval)))
 
     def publish(self, wait: bool = True, final: bool = False) -> Optional[str]:
-        """Publishes the student as `ckpt-<step>`; a no-op on non-chief workers.
-
-        Args:
-          wait: with background publishing, return only once the checkpoint
-            is written (False: it is written on a helper thread).
-          final: the last publication of training: on a store that rate-limits
-            writes (an object store), wait for it rather than skip it.
-
-        Returns:
-          The checkpoint prefix written, or None when this process does not
-          publish or skipped a publication too soon after the previous one.
-
-        Raises:
-          ExchangeWriteError: the exchange directory cannot be written (with
-            background publishing, possibly an earlier step's write).
-        """
-        if self._publisher is None:
-            return None
-        step = self._own_step()
-        start = time.perf_counter()
-        try:
-            if step != self._publisher.last_published_step and self._publisher.is_published(step):
-                # A restarted group going again through steps it published before.
-                logging.info(
-                    "Group %d: step %d was published before this process started; kept as it is",
-                    self.group_index,
-                    step,
-                )
-                return self._publisher.publish(step)
-            path = self._publisher.publish(step, wait=final)
-            if wait:
-                self._flush()
-        except (tf.errors.OpError, OSError, exchange.PublishFailed) as e:
-            raise self._write_error(step, e) from e
-        if path is None:
-            logging.vlog(
-                1,
-                "Group %d: step %d not published (too soon after the last write of the state file)",
-                self.group_index,
-                step,
-            )
-            return None
-        # The first publication at INFO, the routine ones at verbosity 1.
-        logging.vlog(
-            0 if self._publications == 0 else 1,
-            "Group %d: published step %d to %s (%.3f s%s)",
-            self.group_index,
-            step,
-            path,
-            time.perf_counter() - start,
-            "" if wait or not self.background_publish else ", written in the background",
-        )
-        self._publications += 1
-        return path
-
-    def _write_error(self, step: int, e: BaseException) -> errors.ExchangeWriteError:
-        # One line: train.py shows it as the reason the group stopped.
-        if isinstance(e, exchange.PublishFailed):
-            step, e = e.step, e.cause
-        return errors.ExchangeWriteError(
-            f"group {self.group_index} cannot publish step {step} into "
-            f"{self._publisher.directory}: {errors.one_line(e)}"
-        )
-
-    def _flush(self) -> None:
-        if isinstance(self._publisher, exchange.BackgroundPublisher):
-            self._publisher.flush()
+        """Publishes the student now (see `_OwnPublications.publish`); None off the chief."""
+        return self._own.publish(wait, final) if self._own is not None else None
 
     def check_publish(self) -> None:
-        """Raises the error of a background write that failed; cheap, no waiting.
-
-        Raises:
-          ExchangeWriteError: as `publish` would have, naming the step.
-        """
-        publisher = self._publisher
-        if isinstance(publisher, exchange.BackgroundPublisher) and publisher.failed():
-            try:
-                publisher.flush()
-            except exchange.PublishFailed as e:
-                raise self._write_error(e.step, e) from e.cause
+        """Raises the error of a background write that failed (see `_OwnPublications.check`)."""
+        if self._own is not None:
+            self._own.check()
 
     def reload(self, raise_on_mismatch: bool = False) -> list[ReloadOutcome]:
         """Restores each slot's peer's latest checkpoint into the slot, now.
@@ -535,8 +619,10 @@ class ExchangeClient:
         Does not raise for a peer's sake: a peer without a checkpoint is left
         out, and a checkpoint that cannot be used (missing, truncated, deleted
         mid-read, mismatched, non-finite) leaves the slot's previous teacher
-        in place; either way the reason is logged and returned, and that
-        checkpoint is not tried again (the peer's next one will be). Under
+        in place; either way the reason is logged and returned. A checkpoint
+        of bad content is not tried again, one whose read failed is tried
+        again at the next reloads, `MAX_READ_ATTEMPTS` reads in all; the
+        peer's next checkpoint is tried either way. Under
         MultiWorkerMirroredStrategy every worker must call this at the same
         step: the workers agree on which checkpoint to load and load it only
         if all of them could read it, so that all replicas share one teacher.
@@ -583,14 +669,17 @@ class ExchangeClient:
                 held = int(held_steps[k])
                 outcomes.append(ReloadOutcome(peer, "unchanged", held, own_step - held))
                 continue
-            if step == self._refused.get(peer):
+            if self._refusals.refused(peer, step):
                 outcomes.append(ReloadOutcome(peer, "left_out", step, own_step - step))
                 continue
-            outcome, mismatch, retry = self._load_agreed(k, peer, step, int(active[k]), own_step)
+            outcome, error = self._load_agreed(k, peer, step, int(active[k]), own_step)
+            if outcome.status != "loaded":
+                next_ = self._refusals.failed(peer, step, error)
+                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} ({next_})")
             outcomes.append(outcome)
-            if outcome.status == "loaded" or retry:
+            if outcome.status == "loaded":
                 continue
-            self._refused[peer] = step
+            mismatch = isinstance(error, errors.CheckpointMismatchError)
             ever_loaded = peer == held_peers[k] and held_steps[k] >= 0
             if mismatch and raise_on_mismatch and not ever_loaded:
                 self._outcomes.record(outcomes)
@@ -606,25 +695,18 @@ class ExchangeClient:
         """Stages `peer`'s `ckpt-<step>` on every worker; writes it into slot k if all could.
 
         Returns:
-          (the outcome, whether the checkpoint's variables mismatched ours,
-          whether to try it again: no worker found anything wrong with it, some
-          could not see all its files yet; agreed, so every worker decides alike).
+          (the outcome, this worker's error staging it, None if none).
         """
         start = time.perf_counter()
         loader = self._loaders[peer]
         ref = exchange.CheckpointRef(layout.checkpoint_prefix(loader.directory, step), step)
-        reason, mismatch, not_ready = "", False, False
+        reason, error = "", None
         with loader.lock:
             try:
                 exchange.outside_strategy(loader.stage, ref)
             except errors.CheckpointError as e:
-                reason = str(e)
-                mismatch = isinstance(e, errors.CheckpointMismatchError)
-                not_ready = isinstance(e, errors.CheckpointNotReadyError)
-            ok, sound = distribute.agree_min(
-                [0 if reason else 1, 0 if reason and not not_ready else 1], self._strategy
-            )
-            all_ok = ok == 1
+                reason, error = str(e), e
+            all_ok = distribute.agree_min([0 if reason else 1], self._strategy)[0] == 1
             if all_ok:
                 # Written into the buffer not in use, then switched to.
                 buffer = 1 - active if self._pool.buffers == 2 else 0
@@ -633,11 +715,9 @@ class ExchangeClient:
                 self._pool.switch(k, buffer, step, peer)
         if all_ok:
             seconds = time.perf_counter() - start
-            outcome = ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds)
-            return outcome, False, False
+            return ReloadOutcome(peer, "loaded", step, own_step - step, seconds=seconds), None
         reason = reason or "another worker of this group could not read it"
-        outcome = ReloadOutcome(peer, "failed", step, own_step - step, reason=reason)
-        return outcome, mismatch, sound == 1
+        return ReloadOutcome(peer, "failed", step, own_step - step, reason=reason), error
 
     def drop_nonfinite_teachers(self) -> list[int]:
         """Drops teachers that predicted NaN/Inf since the last call.
@@ -645,18 +725,21 @@ class ExchangeClient:
         The train step already left such a teacher out of every batch where
         its predictions were not finite; this takes it out of use until its
         peer publishes a new checkpoint (the same one is not loaded again).
-        Reads one small metric from the device; under
+        Reads one small variable from the device; under
         MultiWorkerMirroredStrategy call it on every worker at the same step.
+
+        Counts training batches only, in a counter Keras never resets (its
+        metrics are reset every epoch and by evaluation, which would miss
+        batches or count evaluation's).
 
         Returns:
           The peers whose teachers were dropped.
         """
         if not self.peers:
             return []
-        counts = self._pool.nonfinite.per_slot()
-        if np.any(counts < self._nonfinite_seen):  # The metric was reset (new epoch).
-            self._nonfinite_seen = np.zeros_like(counts)
-        fresh = counts - self._nonfinite_seen
+        counts = self._pool.nonfinite_training_batches()
+        seen = np.zeros_like(counts) if self._nonfinite_seen is None else self._nonfinite_seen
+        fresh = counts - seen
         self._nonfinite_seen = counts
         dropped = []
         for k in np.flatnonzero(fresh > 0):
@@ -665,7 +748,7 @@ class ExchangeClient:
             if steps[k] < 0:
                 continue
             peer = int(peers[k])
-            self._refused[peer] = int(steps[k])
+            self._refusals.refuse(peer, int(steps[k]))
             self._pool.switch(k, int(active[k]), -1)
             self.fault_counts["teachers_dropped"] += 1
             dropped.append(peer)
@@ -683,6 +766,123 @@ class ExchangeClient:
     def wait(self) -> list[ReloadOutcome]:
         """Finishes a running background read and switches to what it read."""
         return self._reads.wait() if self._reads else []
+
+
+class _OwnPublications:
+    """The group's own publications, on its chief: ownership, the write, its errors, logs.
+
+    Args:
+      publisher: an `exchange.Publisher` or `exchange.BackgroundPublisher`.
+      group_index: the group.
+      own_step: returns the group's train step.
+    """
+
+    def __init__(self, publisher, group_index: int, own_step: Callable[[], int]):
+        self._publisher = publisher
+        self._background = isinstance(publisher, exchange.BackgroundPublisher)
+        self.group_index = group_index
+        self._own_step = own_step
+        self._owner: Optional[ownership.GroupOwner] = None
+        self._publications = 0
+
+    def claim(self) -> None:
+        """Makes this process the group directory's owner (once).
+
+        Raises:
+          errors.GroupOwnedError: another live process writes this group.
+        """
+        if self._owner is None:
+            # This process's claim on the group directory while it publishes.
+            self._owner = ownership.claim(self._publisher.directory, f"group {self.group_index}")
+
+    def release(self) -> None:
+        """Lets go of the group directory, owned since `claim`."""
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            owner.release()
+
+    def publish(self, wait: bool = True, final: bool = False) -> Optional[str]:
+        """Publishes the student as `ckpt-<step>`.
+
+        Args:
+          wait: with background publishing, return only once the checkpoint
+            is written (False: it is written on a helper thread).
+          final: the last publication of training: on a store that rate-limits
+            writes (an object store), wait for it rather than skip it.
+
+        Returns:
+          The checkpoint prefix written, or None when the publication was
+          skipped, too soon after the previous one.
+
+        Raises:
+          ExchangeWriteError: the exchange directory cannot be written (with
+            background publishing, possibly an earlier step's write).
+          GroupOwnedError: another live process writes this group's directory.
+        """
+        self.claim()
+        self._owner.check()  # Stops here if another process took the group over.
+        step = self._own_step()
+        start = time.perf_counter()
+        try:
+            if step != self._publisher.last_published_step and self._publisher.is_published(step):
+                # A restarted group going again through steps it published before.
+                logging.info(
+                    "Group %d: step %d was published before this process started; kept as it is",
+                    self.group_index,
+                    step,
+                )
+                return self._publisher.publish(step)
+            path = self._publisher.publish(step, wait=final)
+            if wait:
+                self._flush()
+        except (tf.errors.OpError, OSError, exchange.PublishFailed) as e:
+            raise self._write_error(step, e) from e
+        if path is None:
+            logging.vlog(
+                1,
+                "Group %d: step %d not published (too soon after the last write of the state file)",
+                self.group_index,
+                step,
+            )
+            return None
+        # The first publication at INFO, the routine ones at verbosity 1.
+        logging.vlog(
+            0 if self._publications == 0 else 1,
+            "Group %d: published step %d to %s (%.3f s%s)",
+            self.group_index,
+            step,
+            path,
+            time.perf_counter() - start,
+            "" if wait or not self._background else ", written in the background",
+        )
+        self._publications += 1
+        return path
+
+    def _write_error(self, step: int, e: BaseException) -> errors.ExchangeWriteError:
+        # One line: train.py shows it as the reason the group stopped.
+        if isinstance(e, exchange.PublishFailed):
+            step, e = e.step, e.cause
+        return errors.ExchangeWriteError(
+            f"group {self.group_index} cannot publish step {step} into "
+            f"{self._publisher.directory}: {errors.one_line(e)}"
+        )
+
+    def _flush(self) -> None:
+        if isinstance(self._publisher, exchange.BackgroundPublisher):
+            self._publisher.flush()
+
+    def check(self) -> None:
+        """Raises the error of a background write that failed; cheap, no waiting.
+
+        Raises:
+          ExchangeWriteError: as `publish` would have, naming the step.
+        """
+        publisher = self._publisher
+        if isinstance(publisher, exchange.BackgroundPublisher) and publisher.failed():
+            try:
+                publisher.flush()
+            except exchange.PublishFailed as e:
+                raise self._write_error(e.step, e) from e.cause
 
 
 def _background_publisher(student, builder, directory: str, max_to_keep: int):

@@ -9,6 +9,7 @@ A run's `root_dir` is shared by all its groups and is the exchange dir:
     <root_dir>/group_<i>/metrics.json            evaluations and final results
     <root_dir>/group_<i>/tensorboard/            TensorBoard summaries
     <root_dir>/group_<i>/backup/                 BackupAndRestore (resume) state
+    <root_dir>/group_<i>/owner.json              the process writing this group (ownership.py)
     <root_dir>/eval/                             evaluations by binaries/evaluate.py
     <root_dir>/ray/                              Ray Train's own state (binaries/launch_ray.py)
 
@@ -35,6 +36,7 @@ __all__ = [
     "METRICS_FILE",
     "OPERATIVE_CONFIG",
     "RAY_DIR",
+    "OWNER_FILE",
     "STATE_FILE",
     "TENSORBOARD_DIR",
     "backup_dir",
@@ -46,6 +48,7 @@ __all__ = [
     "metrics_path",
     "operative_config_path",
     "ray_dir",
+    "owner_path",
     "state_path",
     "tensorboard_dir",
 ]
@@ -58,6 +61,7 @@ METRICS_FILE = "metrics.json"
 OPERATIVE_CONFIG = "operative_config.gin"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
+OWNER_FILE = "owner.json"
 EVAL_DIR = "eval"
 RAY_DIR = "ray"
 
@@ -113,6 +117,11 @@ def metrics_path(directory: str) -> str:
 
 def operative_config_path(directory: str) -> str:
     return posixpath.join(directory, OPERATIVE_CONFIG)
+
+
+def owner_path(directory: str) -> str:
+    """`<group_dir>/owner.json`: host, pid and heartbeat of the process writing the group."""
+    return posixpath.join(directory, OWNER_FILE)
 
 
 def tensorboard_dir(directory: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,7 +35,10 @@ from tf_codistill import layout
 
 __all__ = [
     "BASELINE",
+    "EXITED",
     "LocalCluster",
+    "QuietWriter",
+    "TF_STARTUP_LINE",
     "Task",
     "format_summary",
     "free_ports",
@@ -44,10 +48,13 @@ __all__ = [
     "read_metrics",
     "summary_rows",
     "tf_config",
+    "where_to_look",
 ]
 
 # The baseline's directory inside a run's root_dir, and its name in the output.
 BASELINE = "baseline"
+# A task's last line: `[name] exited with code <n>`.
+EXITED = "exited with code"
 
 
 def free_ports(count: int) -> list[int]:
@@ -141,16 +148,33 @@ class LocalCluster:
             )
             self.processes[task_name] = process
             self.started_at[task_name] = time.time()
+            # Before its output: a quick process's lines could come first.
+            self._emit(task_name, f"started, pid {process.pid}")
             reader = threading.Thread(
                 target=self._pump, args=(task_name, process), daemon=True, name=f"pump-{task_name}"
             )
             reader.start()
             self._readers[task_name] = reader
-            self._emit(task_name, f"started, pid {process.pid}")
 
     def _pump(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
             self._emit(name, line)
+        # After its last line (the pipe is at its end): who reads the output
+        # knows it has all of it, without waiting for a while.
+        self._emit(name, f"{EXITED} {process.wait()}")
+
+    def drain(self, name: str, timeout_s: float = 60.0) -> Optional[int]:
+        """Waits until an exited task's output is all read (its `exited with code` line).
+
+        Returns:
+          Its exit code, or None if it is still running or its output was not
+          read to the end within `timeout_s`.
+        """
+        process, reader = self.processes.get(name), self._readers.get(name)
+        if process is None or process.poll() is None:
+            return None
+        reader.join(timeout=timeout_s)
+        return None if reader.is_alive() else process.returncode
 
     def running(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.poll() is None]
@@ -165,9 +189,8 @@ class LocalCluster:
         deadline = time.time() + timeout_s
         while self.running() and time.time() < deadline:
             time.sleep(poll_s)
-        for name, reader in self._readers.items():
-            if self.processes[name].poll() is not None:
-                reader.join(timeout=5)
+        for name in self._readers:
+            self.drain(name)
         return {n: p.poll() for n, p in self.processes.items()}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -261,6 +284,53 @@ def summary_rows(root_dir: str, num_groups: int, baseline: bool) -> list[tuple[s
     return rows
 
 
+# TensorFlow's C++ start-up lines, printed before its logging is set up (so
+# TF_CPP_MIN_LOG_LEVEL does not hide them), twice per process: absl's banner,
+# INFO lines (oneDNN, CUDA probing), and the failed CUDA probe of a machine
+# without a GPU (TensorFlow then runs on the CPU, as it says elsewhere).
+TF_STARTUP_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|I0000 00:00:"
+    r"|E0000 00:00:.*[Ff]ailed call to cuInit)"
+)
+
+
+class QuietWriter:
+    """Prints processes' prefixed lines, leaving out TensorFlow's start-up lines.
+
+    Args:
+      write: where the other lines go (default: stdout, flushed).
+    """
+
+    def __init__(self, write: Optional[Callable[[str], None]] = None):
+        self._write = write or _print_flush
+        self.hidden = 0
+
+    def __call__(self, line: str) -> None:
+        # `[name] text`: the text is what the process printed.
+        text = line.split("] ", 1)[1] if line.startswith("[") and "] " in line else line
+        if TF_STARTUP_LINE.match(text):
+            self.hidden += 1
+            return
+        self._write(line)
+
+
+def where_to_look(root_dir: str, num_groups: int, baseline: bool) -> str:
+    """The run directory and what in it a user reads next, for the end of the output."""
+    groups = layout.group_dir(root_dir, 0) if num_groups == 1 else os.path.join(root_dir, "group_*")
+    lines = [
+        f"Run directory: {root_dir}",
+        f"  results:     {os.path.join(groups, 'metrics.json')} (every evaluation, the final "
+        "one, whether distillation happened)",
+        f"  TensorBoard: tensorboard --logdir {root_dir}",
+        f"  the models:  {os.path.join(groups, 'ckpt-*')} (the students; "
+        f"tf-codistill-evaluate --root_dir={root_dir})",
+    ]
+    if baseline:
+        lines.append(f"  baseline:    {os.path.join(root_dir, BASELINE)}")
+    return "\n".join(lines)
+
+
 def format_summary(rows: Sequence[tuple[str, Any]]) -> str:
     """The final validation metrics of each row, and the groups' mean against the baseline."""
     lines = [
@@ -279,6 +349,10 @@ def format_summary(rows: Sequence[tuple[str, Any]]) -> str:
             f"{name:46s} {final.get('val_task_loss', float('nan')):10.4f} {best_text:>16s} "
             f"{accuracy if accuracy is None else f'{accuracy:.4f}':>9} {m.get('steps', '-'):>6}"
         )
+    for name, m in rows:
+        distillation = (m or {}).get("distillation") or {}
+        if m and m.get("codistill", True) and distillation.get("why_not"):
+            lines.append(f"{name}: NO DISTILLATION happened: {distillation['why_not']}")
     done = [m for _, m in rows if m and m.get("final")]
     if len(done) == len(rows) and rows[-1][0].startswith(BASELINE) and len(rows) > 1:
         base = rows[-1][1]["final"]["val_task_loss"]
@@ -301,13 +375,16 @@ def launch(
     baseline: bool = True,
     timeout_s: float = 1800.0,
     grace_s: float = 10.0,
+    show_tf_startup: bool = False,
 ) -> dict[str, Optional[int]]:
     """Runs a whole job on this machine and prints a summary (`binaries/launch_local.py`).
 
     Starts `num_groups` groups of `workers_per_group` processes sharing
     `root_dir`, plus, with `baseline`, the same model trained on group 0's
     data without distillation in `<root_dir>/baseline`; streams their output
-    with a prefix; waits at most `timeout_s`, then stops what is left.
+    with a prefix (TensorFlow's start-up lines left out unless
+    `show_tf_startup`); waits at most `timeout_s`, then stops what is left;
+    prints the results, then the run directory and what to read in it.
 
     Returns:
       The exit code of every process (None for one stopped at the timeout).
@@ -328,11 +405,19 @@ def launch(
             task.name = BASELINE if workers_per_group == 1 else f"{BASELINE}{task.name[2:]}"
             tasks.append(task)
     print(f"Run directory: {root_dir}", flush=True)
-    with LocalCluster(tasks, grace_s=grace_s) as cluster:
+    writer = None if show_tf_startup else QuietWriter()
+    with LocalCluster(tasks, write=writer, grace_s=grace_s) as cluster:
         cluster.start()
         codes = cluster.wait(timeout_s)
         timed_out = [n for n, c in codes.items() if c is None]
         if timed_out:
             print(f"Timed out after {timeout_s:.0f} s; stopping {timed_out}", flush=True)
     print(format_summary(summary_rows(root_dir, num_groups, baseline)), flush=True)
+    if writer is not None and writer.hidden:
+        print(
+            f"({writer.hidden} lines of TensorFlow start-up messages left out; "
+            "--show_tf_startup shows them)",
+            flush=True,
+        )
+    print(where_to_look(root_dir, num_groups, baseline), flush=True)
     return codes

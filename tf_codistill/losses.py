@@ -15,8 +15,10 @@ Every loss here:
   `[batch, time, vocab]` for sequence models, and reduces every axis but the
   batch axis *per example*: the class axis by the loss itself, the remaining
   axes (time) by a weighted mean with the full length as denominator, which is
-  how Keras reduces a task loss given a `[batch, time]` `sample_weight`, so
-  `distill_weight=1` weighs psi and the task loss alike;
+  how Keras reduces a task loss given a `[batch, time]` `sample_weight` (with
+  a Keras mask Keras divides by the valid positions instead:
+  `keras_loss_weights` gives the weights that match), so `distill_weight=1`
+  weighs psi and the task loss alike;
 * returns the per-example loss `[batch]`; the caller scales it by the *global*
   batch size (`tf.nn.compute_average_loss`) so the value and its gradient are
   the same under any `tf.distribute` strategy.
@@ -50,6 +52,7 @@ __all__ = [
     "broadcast_weights",
     "average_log_probs",
     "position_weights",
+    "keras_loss_weights",
 ]
 
 
@@ -197,6 +200,36 @@ def position_weights(
         mask = tf.cast(mask, tf.float32)
         weights = mask if weights is None else broadcast_weights(weights, mask) * mask
     return weights
+
+
+def keras_loss_weights(
+    logits: tf.Tensor, sample_weight: Optional[tf.Tensor] = None
+) -> Optional[tf.Tensor]:
+    """Position weights that make psi's reduction the one tf_keras gives the task loss.
+
+    tf_keras divides a loss by the number of positions (`[batch, time]`
+    sample weights count masked positions as zeros, not as absent), except
+    when the prediction carries a Keras mask: then it divides by the number
+    of valid positions (`losses_utils.apply_valid_mask`), whatever the sample
+    weights. `position_weights` rescaled by positions / valid positions
+    there, reduced by `reduce_per_example` and `tf.nn.compute_average_loss`,
+    give psi that same denominator, so `distill_weight=1` weighs psi and the
+    task loss alike with masks, sample weights or both.
+
+    Args:
+      logits: the student's output, `[batch, ...]`, maybe with a Keras mask.
+      sample_weight: `[batch]` or `[batch, time]` weights, or None.
+
+    Returns:
+      float32 weights per position (None when there are neither).
+    """
+    weights = position_weights(logits, sample_weight)
+    mask = _keras_mask(logits)
+    if mask is None:
+        return weights
+    mask = tf.cast(mask, tf.float32)
+    # No valid position: weights 0 (Keras itself would divide by zero).
+    return weights * tf.math.divide_no_nan(tf.cast(tf.size(mask), tf.float32), tf.reduce_sum(mask))
 
 
 class DistillationLoss(abc.ABC):

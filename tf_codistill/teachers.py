@@ -26,11 +26,13 @@ import dataclasses
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Optional
+from typing import Union
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_codistill import distribute
 from tf_codistill import errors
 
 __all__ = [
@@ -39,9 +41,13 @@ __all__ = [
     "TEACHER_DTYPES",
     "TeacherPool",
     "build_like",
+    "carried_state",
+    "check_logits",
     "check_student",
     "check_teacher_dtype",
     "resolve_builder",
+    "resolve_distill_output",
+    "select_output",
 ]
 
 # The precisions a teacher may run in besides the student's own (None).
@@ -94,9 +100,6 @@ class _PerSlotCount(keras.metrics.Metric):
 
     def reset_state(self):
         self.counts.assign(tf.zeros_like(self.counts))
-
-    def per_slot(self) -> np.ndarray:
-        return tf.convert_to_tensor(self.counts).numpy()
 
 
 def _is_graph_network(model: keras.Model) -> bool:
@@ -168,6 +171,148 @@ def check_teacher_dtype(teacher_dtype) -> Optional[str]:
             f"got {teacher_dtype!r}"
         )
     return name
+
+
+OutputChoice = Union[None, int, str]
+
+
+def resolve_distill_output(student: keras.Model, distill_output: OutputChoice) -> OutputChoice:
+    """Which of the student's outputs psi reads; checked now when the model says.
+
+    For a functional or Sequential student the outputs are known at
+    construction: several outputs need `distill_output` (a name of
+    `student.output_names`, or an index), and the chosen output must be
+    logits, not probabilities. A subclassed student is checked when its step
+    is traced (`select_output`, `check_logits`).
+
+    Returns:
+      None (the single output), an index, or a key of a subclassed model's
+      dict of outputs.
+
+    Raises:
+      errors.ConfigError: several outputs and no choice, an unknown output,
+        or a softmax/sigmoid output.
+      errors.ConfigTypeError: `distill_output` is neither a name nor an index.
+    """
+    if distill_output is not None and (
+        isinstance(distill_output, bool) or not isinstance(distill_output, (int, str))
+    ):
+        raise errors.ConfigTypeError(
+            f"distill_output must be an output's name or index, got {distill_output!r}"
+        )
+    if not _is_graph_network(student):
+        _trace_output(student, distill_output)
+        return distill_output
+    names = list(student.output_names)
+    if distill_output is None:
+        if len(names) > 1:
+            raise errors.ConfigError(
+                f"student {student.name!r} has {len(names)} outputs {names}: name the one "
+                f"to distill, e.g. distill_output={names[0]!r} (it must be logits)"
+            )
+        index = 0
+    elif isinstance(distill_output, str):
+        if distill_output not in names:
+            raise errors.ConfigError(
+                f"distill_output={distill_output!r} is not an output of student "
+                f"{student.name!r}; its outputs are {names}"
+            )
+        index = names.index(distill_output)
+    else:
+        if not 0 <= distill_output < len(names):
+            raise errors.ConfigError(
+                f"distill_output={distill_output} is out of range: student {student.name!r} "
+                f"has {len(names)} output(s) {names}"
+            )
+        index = distill_output
+    try:
+        layer = student.get_layer(names[index])
+    except ValueError:  # An output not named after its layer: checked in the step.
+        layer = None
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Softmax) or activation in _PROBABILITIES:
+        kind = "softmax" if isinstance(layer, keras.layers.Softmax) else activation.__name__
+        raise errors.ConfigError(_probabilities_message(student.name, names[index], kind))
+    return None if distill_output is None else index
+
+
+def _trace_output(student: keras.Model, distill_output: OutputChoice) -> None:
+    """Checks a subclassed student's output by tracing it once (nothing runs).
+
+    Its outputs are known only from a trace; done here, a mistake is one
+    error at construction instead of one wrapped in Keras' train function.
+    Without autograph, so that the error keeps its type.
+    """
+    spec = student.save_spec(dynamic_batch=True)
+    if spec is None:  # Never called: checked when the step is traced.
+        return
+    args, kwargs = spec
+
+    def trace(*args, **kwargs):
+        output = select_output(student(*args, **kwargs, training=False), distill_output)
+        check_logits(output, student.name)
+        return output
+
+    tf.function(trace, autograph=False).get_concrete_function(*args, **kwargs)
+
+
+# Activations whose outputs are probabilities, not logits.
+_PROBABILITIES = (keras.activations.softmax, keras.activations.sigmoid)
+
+
+def _probabilities_message(model: str, output: Optional[str], kind: str) -> str:
+    what = f"{model!r}'s output {output!r} is" if output else f"{model!r} outputs"
+    return (
+        f"student {what} {kind} probabilities, but distillation needs logits: end the "
+        "model with activation=None (compile the task loss with from_logits=True), or name "
+        "a logits output with distill_output="
+    )
+
+
+def select_output(outputs, choice: OutputChoice, model: str = "student"):
+    """The output psi reads, from a model's outputs (a tensor, list or dict).
+
+    Raises:
+      errors.ConfigError: several outputs and no `choice`, or no such output.
+    """
+    if choice is None:
+        if tf.is_tensor(outputs):
+            return outputs
+        raise errors.ConfigError(
+            f"{model} returns several outputs "
+            f"{tf.nest.map_structure(lambda t: getattr(t, 'shape', t), outputs)}: name the "
+            "one to distill with distill_output= (its key or index; it must be logits)"
+        )
+    if isinstance(outputs, dict) and isinstance(choice, str):
+        if choice not in outputs:
+            raise errors.ConfigError(
+                f"distill_output={choice!r} is not an output of {model}: {sorted(outputs)}"
+            )
+        return outputs[choice]
+    flat = tf.nest.flatten(outputs)
+    if isinstance(choice, str) or not 0 <= choice < len(flat):
+        raise errors.ConfigError(
+            f"distill_output={choice!r} does not name one of {model}'s {len(flat)} output(s)"
+        )
+    return flat[choice]
+
+
+def check_logits(output: tf.Tensor, model: str = "student") -> None:
+    """Raises if `output` comes straight from a softmax or sigmoid (probabilities).
+
+    In a traced step: tf_keras marks the outputs of its softmax and sigmoid
+    activations with their logits (`_keras_logits`, what its own losses read,
+    private), and the op itself is a `Softmax` or `Sigmoid`.
+
+    Raises:
+      errors.ConfigError: naming the fix.
+    """
+    op = getattr(output, "op", None) if not tf.executing_eagerly() else None
+    kind = op.type.lower() if op is not None and op.type in ("Softmax", "Sigmoid") else None
+    if kind is None and hasattr(output, "_keras_logits"):
+        kind = "softmax or sigmoid"
+    if kind:
+        raise errors.ConfigError(_probabilities_message(model, None, kind))
 
 
 def resolve_builder(
@@ -273,6 +418,24 @@ def _in_precision(build: Callable[[], keras.Model], dtype: str) -> Callable[[], 
     return build_in_precision
 
 
+def carried_state(model: tf.Module) -> list:
+    """The variables `model` carries from one batch to the next (not its weights).
+
+    Those of stateful Keras RNN layers (`states`) and of any layer that
+    carries its own and lists it as `state_variables` (as
+    `tf_codistill.models.lstm_lm.CarriedLSTM` does).
+    """
+    found = []
+    for module in [model, *model.submodules]:
+        if not getattr(module, "stateful", False):
+            continue
+        if hasattr(module, "state_variables"):
+            found += list(module.state_variables)
+        elif isinstance(module, keras.layers.RNN) and module.states[0] is not None:
+            found += list(module.states)
+    return found
+
+
 def _mirrored_vector(values, dtype, name: str) -> tf.Variable:
     # The same on every replica; written between steps, outside replica context.
     return tf.Variable(
@@ -296,6 +459,8 @@ class TeacherPool(keras.layers.Layer):
       buffers: 1, or 2 for background reloads (a teacher is written into the
         buffer not in use, then switched to).
       max_staleness_steps: a teacher older than this many steps is left out.
+      distill_output: which output of a teacher psi reads
+        (`resolve_distill_output`); None for a single output.
     """
 
     def __init__(
@@ -306,12 +471,14 @@ class TeacherPool(keras.layers.Layer):
         buffers: int = 1,
         max_staleness_steps: Optional[int] = None,
         name: str = "teacher_pool",
+        distill_output: OutputChoice = None,
     ):
         super().__init__(name=name, trainable=False)
         if buffers not in (1, 2):
             raise errors.ConfigError(f"buffers must be 1 or 2, got {buffers}")
         num_slots = len(slot_peers)
         self.max_staleness_steps = max_staleness_steps
+        self.distill_output = distill_output
         self._strategy = tf.distribute.get_strategy()
         self._teachers = [self._make_teacher(builder, student) for _ in range(num_slots)]
         self._spare_teachers = (
@@ -321,6 +488,18 @@ class TeacherPool(keras.layers.Layer):
         self.teacher_steps = _mirrored_vector([-1] * num_slots, tf.int64, "teacher_steps")
         self.teacher_peers = _mirrored_vector(list(slot_peers), tf.int64, "teacher_peers")
         self.nonfinite = _PerSlotCount(num_slots, name=NONFINITE)
+        # What the host reads to drop a teacher: training batches only, never
+        # reset. (The metric above is reset by Keras every epoch and every
+        # evaluation, and counts evaluation batches too.) Summed over replicas.
+        self._nonfinite_total = self.add_weight(
+            name="nonfinite_training_batches",
+            shape=(num_slots,),
+            initializer="zeros",
+            dtype=tf.float32,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
         self._host: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
     @staticmethod
@@ -361,6 +540,11 @@ class TeacherPool(keras.layers.Layer):
         active = self.active_buffer.numpy()
         return tuple(self.buffer(k, int(active[k])) for k in range(self.num_slots))
 
+    def __dir__(self):
+        # Keep the `teachers` view (it changes with the active buffers) out of
+        # the walk of tf_keras' `.weights.h5` saving (see CodistillModel).
+        return [name for name in super().__dir__() if name != "teachers"]
+
     @property
     def stateful(self) -> bool:
         return any(getattr(t, "stateful", False) for t in self._teachers + self._spare_teachers)
@@ -370,6 +554,15 @@ class TeacherPool(keras.layers.Layer):
         for teacher in self._teachers + self._spare_teachers:
             if getattr(teacher, "stateful", False):
                 teacher.reset_states()
+
+    @staticmethod
+    def _carry_state(source: keras.Model, target: keras.Model) -> None:
+        for to, value in zip(
+            distribute.components(carried_state(target)),
+            distribute.components(carried_state(source)),
+            strict=True,
+        ):
+            to.assign(value)
 
     # In the step (graph).
 
@@ -450,15 +643,31 @@ class TeacherPool(keras.layers.Layer):
         ]
 
     def _run(self, k: int, x):
+        def run(teacher):
+            return select_output(teacher(x, training=False), self.distill_output, "a teacher")
+
         if not self._spare_teachers:
-            return self._teachers[k](x, training=False)
+            return run(self._teachers[k])
         return tf.cond(
             self.active_buffer[k] == 0,
-            lambda: self._teachers[k](x, training=False),
-            lambda: self._spare_teachers[k](x, training=False),
+            lambda: run(self._teachers[k]),
+            lambda: run(self._spare_teachers[k]),
         )
 
+    def count_nonfinite(self, values: tf.Tensor, training: bool) -> None:
+        """Counts `[num_slots]` batches whose teachers predicted NaN/Inf (in the step)."""
+        self.nonfinite.update_state(values)
+        if training:
+            self._nonfinite_total.assign_add(tf.cast(values, tf.float32))
+
     # Between steps (host).
+
+    def nonfinite_training_batches(self) -> np.ndarray:
+        """Per slot: training batches with a non-finite teacher, since the start.
+
+        Never reset (not a Keras metric), and backed up with the model.
+        """
+        return tf.convert_to_tensor(self._nonfinite_total).numpy()
 
     def holding(self, refresh: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(active buffer, checkpoint step, peer) per slot, as numpy copies.
@@ -478,9 +687,15 @@ class TeacherPool(keras.layers.Layer):
     def switch(self, slot: int, buffer: int, step: int, peer: Optional[int] = None) -> None:
         """Makes `buffer` the teacher in use in `slot`, holding `peer`'s checkpoint `step`.
 
+        A stateful teacher switched to gets the carried state (`carried_state`)
+        of the one it replaces, so it continues the same streams.
+
         `step=-1` takes the slot out of use. `peer=None` keeps the slot's peer.
         """
         active, steps, peers = self.holding()
+        if buffer != active[slot] and self.stateful:
+            # The teacher switched to continues the streams of the one in use.
+            self._carry_state(self.buffer(slot, int(active[slot])), self.buffer(slot, buffer))
         active[slot], steps[slot] = buffer, step
         peer_changed = peer is not None and peer != peers[slot]
         if peer_changed:

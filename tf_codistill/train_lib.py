@@ -30,8 +30,10 @@ from tf_codistill import codistill_model
 from tf_codistill import distribute
 from tf_codistill import errors
 from tf_codistill import exchange
+from tf_codistill import gin_errors
 from tf_codistill import layout
 from tf_codistill import losses
+from tf_codistill import ownership
 from tf_codistill import peer_selection as peer_selection_lib
 from tf_codistill import schedules
 from tf_codistill.datasets import sharding
@@ -75,6 +77,24 @@ class _BackupAndRestore(keras.callbacks.BackupAndRestore):
     > 1 a restarted group repeated all but one of that execution's batches,
     training more steps than asked and shifting its evaluations.
     """
+
+    def on_train_begin(self, logs=None):
+        # Restores the backup, if any. A backup of another model (the same
+        # root_dir resumed with a changed model) fails there with a
+        # shape or structure error deep inside fit().
+        try:
+            super().on_train_begin(logs)
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+            # Keras keeps the chief's backup in <backup_dir>/chief/.
+            if not tf.io.gfile.glob(os.path.join(self.backup_dir, "*", "*.index")):
+                raise
+            group_dir = os.path.dirname(os.path.normpath(self.backup_dir))
+            raise errors.RunMismatchError(
+                f"this root_dir holds a run of another model (its resume state in backup/ "
+                f"does not fit the model configured now); use a new --root_dir, or delete "
+                f"{group_dir} to train this group from scratch. "
+                f"{errors.one_line(e, with_type=True)}"
+            ) from e
 
     def on_train_batch_end(self, batch, logs=None):
         _record_saved_batch(self, batch)
@@ -192,6 +212,7 @@ def _distributed_eval_steps(
     module="tf_codistill.train_lib",
     denylist=["root_dir", "group_index", "num_groups", "strategy"],
 )
+@gin_errors.explain_binding_errors
 def train_group(
     root_dir: str,
     group_index: int = 0,
@@ -220,6 +241,7 @@ def train_group(
     # Codistillation.
     codistill: bool = True,
     distill_loss: Union[str, losses.DistillationLoss] = "softmax_cross_entropy",
+    distill_output: Union[None, int, str] = None,
     distill_weight: Union[float, schedules.DistillWeightSchedule] = 1.0,
     burn_in_steps: Optional[int] = None,
     exchange_every_n_steps: int = 50,
@@ -229,6 +251,7 @@ def train_group(
     max_staleness_steps: Optional[int] = None,
     checkpoints_to_keep: int = 5,
     wait_for_peers_s: float = 0.0,
+    allow_no_distillation: bool = False,
     # Bookkeeping.
     backup_every_n_steps: Optional[int] = None,
     log_every_n_steps: int = 100,
@@ -268,6 +291,8 @@ def train_group(
       codistill: False trains an independent group (no distillation; it still
         publishes, e.g. for an ensemble baseline).
       distill_loss: psi, by name or object.
+      distill_output: for a model with several outputs, the (logits) output
+        psi reads, by name or index (`CodistillModel`).
       distill_weight: weight after burn-in, or a schedule.
       burn_in_steps: steps without distillation, for a numeric
         `distill_weight` (None: the paper's 3000).
@@ -284,6 +309,11 @@ def train_group(
       checkpoints_to_keep: published checkpoints kept.
       wait_for_peers_s: start barrier: wait up to this long for every peer's
         first checkpoint before the first step (0: no barrier).
+      allow_no_distillation: accept a codistilling group that never distilled
+        (no peer checkpoint ever loaded, every one refused, or a weight of 0
+        throughout); otherwise that ends in `NoDistillationError` after the
+        results are written. Groups without peers (`codistill=False`, one
+        group) are never such a case.
       backup_every_n_steps: interval of the resume state, in train steps
         (whole executions of `steps_per_execution` steps, rounded down);
         defaults to `steps_per_loop`.
@@ -297,13 +327,16 @@ def train_group(
 
     Returns:
       A dict with the last evaluation (`final`), every evaluation (`history`),
-      the best evaluation task loss and its step (`best`), and timings; also
-      written to `<root_dir>/group_<i>/metrics.json`.
+      the best evaluation task loss and its step (`best`), whether the group
+      distilled and what became of each peer's checkpoints (`distillation`),
+      and timings; also written to `<root_dir>/group_<i>/metrics.json`.
 
     Raises:
       ValueError: an inconsistent setting, naming it.
       ExchangeWriteError: the group's directory cannot be written (full or
         unwritable); what was published before stays complete and readable.
+      GroupOwnedError: another live process trains this group.
+      NoDistillationError: see `allow_no_distillation`.
     """
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
@@ -320,165 +353,206 @@ def train_group(
     )
     chief = distribute.is_chief(strategy)
     group_dir = layout.group_dir(root_dir, group_index)
-    # TensorBoard output of non-chief workers goes to a throw-away directory.
-    summary_dir = layout.tensorboard_dir(_writable_dir(group_dir, chief))
-    prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
-    logging.info(
-        "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
-        prefix,
-        train_steps,
-        global_batch_size,
-        type(strategy).__name__,
-        strategy.num_replicas_in_sync,
-        distribute.num_workers(strategy),
-        data_split,
-        root_dir,
-    )
-
-    keras.utils.set_random_seed(model_seed + group_index)
-    with strategy.scope():
-        student = model_fn()
-        model = codistill_model.CodistillModel(
-            student,
-            group_index=group_index,
-            num_groups=num_groups,
-            exchange_dir=root_dir,
-            distill_loss=distill_loss,
-            distill_weight=distill_weight,
-            burn_in_steps=burn_in_steps,
-            exchange_every_n_steps=exchange_every_n_steps,
-            peer_selection=peer_selection,
-            teacher_dtype=teacher_dtype,
-            background_publish=background_publish,
-            peer_indices=None if codistill else [],
-            teacher_builder=model_fn,
-            max_checkpoints_to_keep=checkpoints_to_keep,
-            max_staleness_steps=max_staleness_steps,
-        )
-        model.compile(
-            optimizer=optimizer(),
-            loss=loss,
-            metrics=[_metric(m) for m in metrics],
-            weighted_metrics=[_metric(m) for m in weighted_metrics] or None,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-        )
-    logging.info("%s: student %s has %d parameters", prefix, student.name, student.count_params())
-
-    backup_dir = layout.backup_dir(group_dir)
-    initial_step = resumed_step(backup_dir)
-    if initial_step:
+    # The chief owns the group's directory before it writes anything there: a
+    # second process started as this group is refused here (ownership.py).
+    with ownership.owning(group_dir, f"group {group_index}", chief):
+        # TensorBoard output of non-chief workers goes to a throw-away directory.
+        summary_dir = layout.tensorboard_dir(_writable_dir(group_dir, chief))
+        prefix = f"group {group_index}" if codistill else f"group {group_index} (no distillation)"
         logging.info(
-            "%s: resuming at step %d; the training data continues there", prefix, initial_step
+            "%s: %d steps of %d examples on %s (%d replicas, %d workers), data %s, root %s",
+            prefix,
+            train_steps,
+            global_batch_size,
+            type(strategy).__name__,
+            strategy.num_replicas_in_sync,
+            distribute.num_workers(strategy),
+            data_split,
+            root_dir,
         )
-    train_data = _input(
-        strategy,
-        input_fn,
-        True,
-        global_batch_size,
-        group_index,
-        num_groups,
-        data_split,
-        data_seed,
-        initial_step,
-    )
-    eval_data = _input(
-        strategy,
-        eval_input_fn or input_fn,
-        False,
-        eval_batch_size or global_batch_size,
-        group_index,
-        num_groups,
-        data_split,
-        data_seed,
-    )
-    if eval_steps is None and not distribute.is_default(strategy):
-        eval_steps = _distributed_eval_steps(
+
+        keras.utils.set_random_seed(model_seed + group_index)
+        with strategy.scope():
+            student = model_fn()
+            model = codistill_model.CodistillModel(
+                student,
+                group_index=group_index,
+                num_groups=num_groups,
+                exchange_dir=root_dir,
+                distill_loss=distill_loss,
+                distill_output=distill_output,
+                distill_weight=distill_weight,
+                burn_in_steps=burn_in_steps,
+                exchange_every_n_steps=exchange_every_n_steps,
+                peer_selection=peer_selection,
+                teacher_dtype=teacher_dtype,
+                background_publish=background_publish,
+                peer_indices=None if codistill else [],
+                teacher_builder=model_fn,
+                max_checkpoints_to_keep=checkpoints_to_keep,
+                max_staleness_steps=max_staleness_steps,
+            )
+            model.compile(
+                optimizer=optimizer(),
+                loss=loss,
+                metrics=[_metric(m) for m in metrics],
+                weighted_metrics=[_metric(m) for m in weighted_metrics] or None,
+                steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile,
+            )
+        logging.info(
+            "%s: student %s has %d parameters", prefix, student.name, student.count_params()
+        )
+
+        backup_dir = layout.backup_dir(group_dir)
+        initial_step = resumed_step(backup_dir)
+        if initial_step:
+            logging.info(
+                "%s: resuming at step %d; the training data continues there", prefix, initial_step
+            )
+        train_data = _input(
+            strategy,
+            input_fn,
+            True,
+            global_batch_size,
+            group_index,
+            num_groups,
+            data_split,
+            data_seed,
+            initial_step,
+        )
+        eval_data = _input(
             strategy,
             eval_input_fn or input_fn,
+            False,
             eval_batch_size or global_batch_size,
             group_index,
             num_groups,
             data_split,
             data_seed,
         )
-        logging.info("%s: %d evaluation steps", prefix, eval_steps)
-    if chief:
-        _write_operative_config(group_dir)
-    history = _History(layout.metrics_path(group_dir) if chief else None)
-    fit_callbacks = [
-        _BackupAndRestore(
-            # The same directory on every worker: Keras lets only the chief
-            # write there, and a restarted non-chief worker reads it back.
-            backup_dir,
-            # Keras counts executions (of steps_per_execution steps), not steps.
-            save_freq=max(1, backup_every_n_steps // steps_per_execution),
-            delete_checkpoint=False,
-        ),
-        callbacks_lib.ExchangeCallback(
-            exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
-        ),
-    ]
-    if noise_scale_every_n_steps:
-        # Before the history and the writers, which then see its estimate.
-        fit_callbacks.append(
-            callbacks_lib.GradientNoiseScale(
-                noise_scale_every_n_steps,
-                read_every_n_steps=min(log_every_n_steps, steps_per_loop),
+        if eval_steps is None and not distribute.is_default(strategy):
+            eval_steps = _distributed_eval_steps(
+                strategy,
+                eval_input_fn or input_fn,
+                eval_batch_size or global_batch_size,
+                group_index,
+                num_groups,
+                data_split,
+                data_seed,
             )
+            logging.info("%s: %d evaluation steps", prefix, eval_steps)
+        if chief:
+            _write_operative_config(group_dir)
+        history = _History(
+            layout.metrics_path(group_dir), chief, model.exchange_client.distillation
         )
-    fit_callbacks += [
-        history,
-        callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
-        callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
-    ]
-    extra_callbacks = [c if isinstance(c, keras.callbacks.Callback) else c() for c in callbacks]
-    fit_callbacks += extra_callbacks
-    model.fit(
-        train_data,
-        epochs=train_steps // steps_per_loop,
-        steps_per_epoch=steps_per_loop,
-        validation_data=eval_data,
-        validation_steps=eval_steps,
-        callbacks=fit_callbacks,
-        verbose=0,
-    )
-    if not history.evaluations:  # Resumed after the last epoch: evaluate once.
-        logs = model.evaluate(
-            eval_data, steps=eval_steps, verbose=0, return_dict=True, callbacks=extra_callbacks
+        fit_callbacks = [
+            _BackupAndRestore(
+                # The same directory on every worker: Keras lets only the chief
+                # write there, and a restarted non-chief worker reads it back.
+                backup_dir,
+                # Keras counts executions (of steps_per_execution steps), not steps.
+                save_freq=max(1, backup_every_n_steps // steps_per_execution),
+                delete_checkpoint=False,
+            ),
+            callbacks_lib.ExchangeCallback(
+                exchange_every_n_steps, wait_for_peers_s=wait_for_peers_s if codistill else 0.0
+            ),
+        ]
+        if noise_scale_every_n_steps:
+            # Before the history and the writers, which then see its estimate.
+            fit_callbacks.append(
+                callbacks_lib.GradientNoiseScale(
+                    noise_scale_every_n_steps,
+                    read_every_n_steps=min(log_every_n_steps, steps_per_loop),
+                )
+            )
+        fit_callbacks += [
+            history,
+            callbacks_lib.ProgressLogger(log_every_n_steps, train_steps, prefix),
+            callbacks_lib.SummaryWriter(summary_dir, log_every_n_steps),
+        ]
+        extra_callbacks = [c if isinstance(c, keras.callbacks.Callback) else c() for c in callbacks]
+        fit_callbacks += extra_callbacks
+        model.fit(
+            train_data,
+            epochs=train_steps // steps_per_loop,
+            steps_per_epoch=steps_per_loop,
+            validation_data=eval_data,
+            validation_steps=eval_steps,
+            callbacks=fit_callbacks,
+            verbose=0,
         )
-        history.record(
-            int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
+        if not history.evaluations:  # Resumed after the last epoch: evaluate once.
+            logs = model.evaluate(
+                eval_data, steps=eval_steps, verbose=0, return_dict=True, callbacks=extra_callbacks
+            )
+            history.record(
+                int(model.optimizer.iterations.numpy()), {f"val_{k}": v for k, v in logs.items()}
+            )
+        history.extra = dict(
+            group_index=group_index,
+            num_groups=num_groups,
+            codistill=codistill,
+            data_split=data_split,
+            steps=int(model.optimizer.iterations.numpy()),
+            wall_seconds=time.time() - start_time,
+            teacher_reloads={str(k): v for k, v in model.reload_counts.items()},
         )
-    history.extra = dict(
-        group_index=group_index,
-        num_groups=num_groups,
-        codistill=codistill,
-        data_split=data_split,
-        steps=int(model.optimizer.iterations.numpy()),
-        wall_seconds=time.time() - start_time,
-        teacher_reloads={str(k): v for k, v in model.reload_counts.items()},
-    )
-    history.write()
-    results = history.results()
-    if chief:
-        _write_operative_config(group_dir)
-    # The workers of a group leave together. A worker that exits while
-    # another still works is, to TensorFlow's coordination service, a crashed
-    # task: ten seconds later the others log "The tasks have crashed"
-    # (a CoordinationServiceError) and fail their next collective. The chief
-    # is the last to finish (it writes the group's files), so the others
-    # wait for it here; a worker that really crashed makes this fail.
-    distribute.barrier(strategy)
-    final = results["final"]
-    logging.info(
-        "%s: done, %d steps in %.0f s; final %s",
-        prefix,
-        results["steps"],
-        results["wall_seconds"],
-        callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
-    )
-    return results
+        history.write()
+        results = history.results()
+        if chief:
+            _write_operative_config(group_dir)
+        # The workers of a group leave together. A worker that exits while
+        # another still works is, to TensorFlow's coordination service, a
+        # crashed task: ten seconds later the others log "The tasks have
+        # crashed" (a CoordinationServiceError) and fail their next
+        # collective. The chief is the last to finish (it writes the group's
+        # files), so the others wait for it here; a worker that really
+        # crashed makes this fail.
+        distribute.barrier(strategy)
+        final = results["final"]
+        logging.info(
+            "%s: done, %d steps in %.0f s; final %s",
+            prefix,
+            results["steps"],
+            results["wall_seconds"],
+            callbacks_lib.format_logs({k: v for k, v in final.items() if k != "train"}),
+        )
+        _check_distillation(model, results, train_steps, prefix, allow_no_distillation)
+        return results
+
+
+def _check_distillation(model, results, train_steps, prefix, allow: bool) -> None:
+    """Says so, and raises unless `allow`, when a codistilling group never distilled.
+
+    Raises:
+      errors.NoDistillationError: with the reason, peer by peer.
+    """
+    report = results["distillation"]
+    if not model.peer_indices:  # An independent group: nothing to distil from.
+        return
+    if report["never_loaded"] and report["happened"]:
+        logging.warning(
+            "%s: no teacher was ever loaded from peers %s", prefix, report["never_loaded"]
+        )
+    if report["happened"]:
+        return
+    why = report["why_not"]
+    last_weight = float(model.distill_weight_schedule(tf.constant(train_steps - 1, tf.int64)))
+    if last_weight <= 0:
+        why = (
+            f"the distillation weight ({model.distill_weight_schedule!r}) is 0 up to the "
+            f"last step, {train_steps - 1}; {why}"
+        )
+    message = f"{prefix} never distilled: {why}"
+    logging.warning("%s", message)
+    if not allow:
+        raise errors.NoDistillationError(
+            f"{message}. Its model and metrics are written; pass --allow_no_distillation "
+            "(train_group.allow_no_distillation = True) to accept a run without distillation"
+        )
 
 
 class _History(keras.callbacks.Callback):
@@ -489,19 +563,28 @@ class _History(keras.callbacks.Callback):
     it made before it stopped.
     """
 
-    def __init__(self, path: Optional[str]):
+    def __init__(self, path: str, write: bool, distillation: Callable[[], dict[str, Any]]):
         super().__init__()
         self.path = path
+        self._writes = write
+        self._distillation = distillation
         self.evaluations = []
         self.extra: dict[str, Any] = {}
+        # An earlier process of this run (before a restart) distilled.
+        self._distilled_before = False
 
     def on_train_begin(self, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if self.path and tf.io.gfile.exists(self.path):
+        if step and tf.io.gfile.exists(self.path):  # A restarted group's.
             try:
                 with tf.io.gfile.GFile(self.path) as f:
-                    earlier = json.load(f).get("history", [])
-                self.evaluations = [e for e in earlier if e.get("step", step + 1) <= step]
+                    earlier = json.load(f)
+                self.evaluations = [
+                    e for e in earlier.get("history", []) if e.get("step", step + 1) <= step
+                ]
+                self._distilled_before = bool(
+                    (earlier.get("distillation") or {}).get("happened", False)
+                )
             except (ValueError, tf.errors.OpError) as e:
                 logging.warning("Ignoring unreadable %s: %s", self.path, e)
 
@@ -528,10 +611,19 @@ class _History(keras.callbacks.Callback):
         if self.evaluations and "val_task_loss" in self.evaluations[0]:
             best_eval = min(self.evaluations, key=lambda e: e["val_task_loss"])
             best = {"step": best_eval["step"], "val_task_loss": best_eval["val_task_loss"]}
-        return {"final": final, "history": self.evaluations, "best": best, **self.extra}
+        distillation = self._distillation()
+        if self._distilled_before and not distillation["happened"]:
+            distillation.update(happened=True, why_not="", note="in an earlier process")
+        return {
+            "final": final,
+            "history": self.evaluations,
+            "best": best,
+            "distillation": distillation,
+            **self.extra,
+        }
 
     def write(self) -> None:
-        if not self.path:
+        if not self._writes:
             return
         tmp = self.path + ".tmp"
         # Written whole, then renamed: a reader never sees half a file.

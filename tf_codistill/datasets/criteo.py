@@ -57,6 +57,7 @@ from etils import epath
 
 from tf_codistill import errors
 from tf_codistill.datasets import sharding
+from tf_codistill.datasets import shipped
 from tf_codistill.datasets import tfds_utils
 
 __all__ = [
@@ -277,6 +278,9 @@ def load_builder(
       MalformedLineError: a malformed line with `on_malformed="error"`.
     """
     builder = CriteoDisplayAds(data_dir=data_dir, on_malformed=on_malformed)
+    if manual_dir and not builder.is_prepared():
+        # `testdata/criteo` (criteo/tiny.gin) is found from any directory.
+        manual_dir = shipped.resolve(manual_dir, "criteo_input_fn.manual_dir")
     return tfds_utils.prepared(builder, manual_dir, [TRAIN_FILE], MANUAL_DOWNLOAD_INSTRUCTIONS)
 
 

@@ -84,6 +84,7 @@ from absl import logging
 
 from tf_codistill import errors
 from tf_codistill.datasets import sharding
+from tf_codistill.datasets import shipped
 
 __all__ = [
     "PAD_ID",
@@ -127,7 +128,9 @@ def _as_list(patterns: Union[None, str, Sequence[str]]) -> list[str]:
 def _expand(patterns: Sequence[str], what: str) -> list[str]:
     files = []
     for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(os.path.expanduser(pattern)))
+        # `testdata/...` (the tiny configs) is found from any directory.
+        pattern = shipped.resolve(os.path.expanduser(pattern), what)
+        matched = sorted(tf.io.gfile.glob(pattern))
         if not matched:
             raise errors.DataNotFoundError(f"{what}: no file matches {pattern!r}")
         files.extend(matched)

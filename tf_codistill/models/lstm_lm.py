@@ -40,6 +40,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_codistill import callbacks as callbacks_lib
+from tf_codistill import distribute
 from tf_codistill import errors
 
 __all__ = ["CarriedLSTM", "CarriedStateCallback", "carried_lstm_layers", "lstm_lm"]
@@ -51,14 +52,6 @@ class _StateVariables:
     def __init__(self, current: list, saved: list):
         self.current = current
         self.saved = saved
-
-
-def _components(variables) -> list:
-    """The per-replica variables of (possibly distributed) variables, on this worker."""
-    out = []
-    for v in variables:
-        out.extend(v.values if isinstance(v, tf.distribute.DistributedValues) else [v])
-    return out
 
 
 @keras.utils.register_keras_serializable(package="tf_codistill")
@@ -145,14 +138,16 @@ class CarriedLSTM(keras.layers.Layer):
     def reset_states(self):
         """Sets the carried state of every replica to zeros."""
         if self._state:
-            for v in _components(self._state.current):
+            for v in distribute.components(self._state.current):
                 v.assign(tf.zeros_like(v))
 
     def stash_states(self):
         """Copies every replica's carried state aside (see `restore_states`)."""
         if self._state:
             for saved, current in zip(
-                _components(self._state.saved), _components(self._state.current), strict=True
+                distribute.components(self._state.saved),
+                distribute.components(self._state.current),
+                strict=True,
             ):
                 saved.assign(current)
 
@@ -160,7 +155,9 @@ class CarriedLSTM(keras.layers.Layer):
         """Puts back the state copied by the last `stash_states`."""
         if self._state:
             for current, saved in zip(
-                _components(self._state.current), _components(self._state.saved), strict=True
+                distribute.components(self._state.current),
+                distribute.components(self._state.saved),
+                strict=True,
             ):
                 current.assign(saved)
 

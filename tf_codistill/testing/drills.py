@@ -21,6 +21,8 @@ import tf_keras as keras
 
 from tf_codistill import exchange
 from tf_codistill import layout
+from tf_codistill import local_cluster
+from tf_codistill import programs
 from tf_codistill import train_lib
 from tf_codistill.testing import fixtures
 
@@ -38,11 +40,13 @@ __all__ = [
 ]
 
 # ProgressLogger's training lines (not its evaluation lines).
-PROGRESS = re.compile(r"group (\d+)[^:]*: step (\d+)/\d+ \| (?!eval)")
+PROGRESS = re.compile(r"group (\d+)[^:]*: step (\d+)/\d+ \| (?!eval|teachers)")
 # ProgressLogger's first line, after BackupAndRestore restored the step.
 STARTING = re.compile(r"group (\d+)[^:]*: starting at step (\d+)/\d+")
-# CodistillModel's reload lines.
-RELOAD = re.compile(r"Group (\d+): teacher for peer (\d+) <- step (\d+) \(staleness (-?\d+) steps")
+# CodistillModel's reload lines (every reload after the first at DEBUG: --verbosity=1).
+RELOAD = re.compile(
+    r"Group (\d+): (?:first )?teacher for peer (\d+) <- step (\d+) \(staleness (-?\d+) steps"
+)
 RELOAD_FAILED = re.compile(
     r"Group (\d+): keeping the previous teacher for peer (\d+) \(step (\w+)\)"
 )
@@ -56,14 +60,19 @@ def train_command(
     gin_file: str = "demo/tiny.gin",
     extra_flags: tuple = (),
 ) -> list[str]:
-    """`python binaries/train.py ...` for one group, with `train_group` bindings."""
+    """`python .../tf_codistill/programs/train.py ...` for one group, with `train_group` bindings.
+
+    The program's file, run as a script: found in a checkout and an install alike.
+    At `--verbosity=1`, so that every teacher reload is logged (`RELOAD`).
+    """
     argv = [
         sys.executable,
-        os.path.join(fixtures.repo_root(), "binaries", "train.py"),
+        os.path.join(os.path.dirname(programs.__file__), "train.py"),
         f"--gin_file={gin_file}",
         f"--root_dir={root_dir}",
         f"--group_index={group_index}",
         f"--num_groups={num_groups}",
+        "--verbosity=1",
         *extra_flags,
     ]
     for name, value in bindings.items():
@@ -114,7 +123,9 @@ class OutputLog:
 
         Args:
           pattern: a predicate on one line.
-          process: the task's `subprocess.Popen`; waiting stops if it exits.
+          process: the task's `subprocess.Popen` (unused: the task's exit is
+            seen from its last line, `exited with code <n>`, which
+            `LocalCluster` writes once the rest of its output is read).
 
         Returns:
           The first such line.
@@ -130,14 +141,12 @@ class OutputLog:
                 if pattern(line):
                     return line
             seen = max(seen, len(lines))
-            exited = process is not None and process.poll() is not None
+            # Exited: its last line is LocalCluster's `exited with code`; the
+            # lines before it may still be on their way.
+            exited = any(line.startswith(local_cluster.EXITED) for line in lines[start:])
             if exited or time.time() > deadline:
-                if exited:
-                    time.sleep(0.5)  # The last lines may still be in the pipe.
-                    if any(pattern(line) for line in self.lines(name)[seen:]):
-                        continue
                 tail = "\n".join(self.lines(name)[-15:])
-                state = f"exited with {process.returncode}" if exited else "timed out"
+                state = "exited" if exited else "timed out"
                 raise AssertionError(f"{name} {state} waiting for {what or pattern}:\n{tail}")
             time.sleep(0.02)
 

@@ -124,36 +124,14 @@ def toy_classification(
 
 
 def load_binary(name: str):
-    """Imports `binaries/<name>.py` as a module (its absl flags get defined).
+    """The program `tf_codistill.programs.<name>`, imported (its absl flags get defined).
 
-    From a source checkout the file is found next to the package; from an
-    installed package, as `tf_codistill_binaries.<name>`. Loaded once per
-    process: several test modules may use the same binary, and defining its
-    absl flags a second time would fail.
+    Imported once per process, as any module: several test modules may use
+    the same program, and defining its absl flags a second time would fail.
     """
     import importlib
-    import importlib.util
-    import os
-    import sys
 
-    import tf_codistill
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))
-    path = os.path.join(repo, "binaries", f"{name}.py")
-    if not os.path.exists(path):
-        return importlib.import_module(f"tf_codistill_binaries.{name}")
-    module_name = f"tf_codistill_binaries_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    return importlib.import_module(f"tf_codistill.programs.{name}")
 
 
 def repo_root() -> str:
@@ -165,7 +143,9 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(tf_codistill.__file__)))
 
 
-def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2):
+def run_train_main(
+    root_dir, gin_files, bindings=(), group_index=0, num_groups=2, allow_no_distillation=False
+):
     """Runs `binaries/train.py`'s `main` in this process with these flags (default strategy)."""
     from absl import flags
 
@@ -179,6 +159,7 @@ def run_train_main(root_dir, gin_files, bindings=(), group_index=0, num_groups=2
     flags_.strategy = "default"
     flags_.tpu = None
     flags_.cluster = None
+    flags_.allow_no_distillation = allow_no_distillation
     train.main([])
 
 
