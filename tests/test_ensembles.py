@@ -85,3 +85,12 @@ def test_ensemble_logits_softmax_and_sigmoid_by_hand():
         [tf.math.log([[0.5, 0.5]]), tf.math.log([[0.1, 0.9]])], "softmax"
     )
     np.testing.assert_allclose(tf.nn.softmax(out).numpy(), [[0.3, 0.7]], rtol=1e-6)
+
+
+def test_ensemble_at_the_steps_asked_for(run_dir):
+    runs = [evaluation.load_group(run_dir, g) for g in (0, 1)]
+    every = evaluation.evaluate_ensemble(runs, every_step=True)
+    steps = [e["step"] for e in every]
+    some = evaluation.evaluate_ensemble(runs, every_step=True, steps={steps[-1]})
+    assert [e["step"] for e in some] == [steps[-1]]
+    np.testing.assert_allclose(some[0]["task_loss"], every[-1]["task_loss"], rtol=1e-6)

@@ -148,3 +148,12 @@ def test_sidecar_stops_after_its_timeout(run_dir, tmp_path):
     start = time.monotonic()
     assert evaluator.sidecar(final_step=40, timeout_s=0.3, poll_interval_s=0.05) == []
     assert 0.3 <= time.monotonic() - start < 10
+
+
+def test_all_can_keep_to_the_steps_asked_for(run_dir, tmp_path):
+    # The study's test curves are read at the validation steps only.
+    evaluator = evaluation.GroupEvaluator(evaluation.load_group(run_dir, 1), str(tmp_path))
+    wanted = {KEPT_STEPS[0], KEPT_STEPS[-1], 10_000}
+    entries = evaluator.all(steps=wanted)
+    evaluator.close()
+    assert [e["step"] for e in entries] == [KEPT_STEPS[0], KEPT_STEPS[-1]]

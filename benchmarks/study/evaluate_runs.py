@@ -2,8 +2,9 @@ r"""Test curves of the study's runs: every checkpoint of every group, and the en
 
   python benchmarks/study/evaluate_runs.py --binding='...eval_split = "test"' ROOT [ROOT ...]
 
-For each run directory: each group's checkpoints, and (for runs of two or
-more groups) the ensemble at every step all groups published, evaluated on
+For each run directory: each group's checkpoints at the steps it was
+evaluated on validation, and (for runs of two or more groups) the ensemble at
+those steps where all groups published, evaluated on
 the split the bindings select, with the run's own model, loss and metrics
 (`tf_codistill.evaluation`). Writes `<root>/test/curve_<groups>.json`:
 `[[step, loss], ...]`. One process for many runs: TensorFlow starts once.
@@ -18,10 +19,26 @@ from absl import app
 from absl import flags
 from study.runner import curve_path
 
+from tf_codistill import layout
+
 flags.DEFINE_multi_string("binding", [], "gin bindings for the evaluation (the test split).")
 flags.DEFINE_string("loss_key", "task_loss", "The metric recorded in the curves.")
 
 FLAGS = flags.FLAGS
+
+
+def _validation_steps(root: str, groups) -> set:
+    """The steps the groups were evaluated at on validation (their `metrics.json`).
+
+    The test curve is read at these steps only: a table reads the test loss
+    at the step validation chose, and a run that publishes every step (a
+    staleness study) would otherwise be evaluated a thousand times.
+    """
+    steps = set()
+    for g in groups:
+        with open(layout.metrics_path(layout.group_dir(root, g))) as f:
+            steps |= {int(e["step"]) for e in json.load(f)["history"]}
+    return steps
 
 
 def main(argv):
@@ -42,6 +59,7 @@ def main(argv):
                 ensemble=len(members) > 1,
                 gin_bindings=FLAGS.binding,
                 output_dir=out_dir,
+                steps=_validation_steps(root, members),
             )
             name = evaluation.ensemble_name(members) if len(members) > 1 else f"group_{members[0]}"
             with open(os.path.join(out_dir, f"eval_{name}.json")) as f:

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Collection
 from collections.abc import Sequence
 from typing import Any
 from typing import Optional
@@ -112,6 +113,7 @@ def evaluate_ensemble(
     output_dir: Optional[str] = None,
     head: str = "auto",
     every_step: bool = False,
+    steps: Optional[Collection[int]] = None,
 ) -> list[dict[str, Any]]:
     """Evaluates the ensemble of the groups' latest checkpoints, or of every step.
 
@@ -127,6 +129,7 @@ def evaluate_ensemble(
       every_step: evaluate the ensemble at every step for which each group
         has a checkpoint on disk (the ensemble's learning curve), in step
         order, instead of the groups' latest checkpoints.
+      steps: with `every_step`, only these steps (None: every one).
 
     Returns:
       The recorded entries: the metrics, `step` (the smallest member step)
@@ -141,6 +144,8 @@ def evaluate_ensemble(
     if every_step:
         available = [{r.step: r for r in evaluator.list_checkpoints(run.directory)} for run in runs]
         common = sorted(set.intersection(*(set(a) for a in available)))
+        if steps is not None:
+            common = [step for step in common if step in set(steps)]
         if not common:
             raise errors.EvaluationError(
                 f"no step has a checkpoint of every group of {runs[0].root_dir}"

@@ -40,6 +40,7 @@ import json
 import posixpath
 import time
 from collections.abc import Callable
+from collections.abc import Collection
 from collections.abc import Sequence
 from typing import Any
 from typing import Optional
@@ -326,16 +327,21 @@ class GroupEvaluator:
         except errors.CheckpointError as e:
             raise errors.EvaluationError(f"{self.run.name}: {e}") from e
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self, steps: Optional[Collection[int]] = None) -> list[dict[str, Any]]:
         """Evaluates every checkpoint on disk once, in step order.
 
         A checkpoint that cannot be restored (e.g. deleted by the writer's
         cleanup since it was listed) is skipped, logged and recorded.
 
+        Args:
+          steps: only the checkpoints of these steps (None: all of them).
+
         Raises:
-          EvaluationError: the group has no checkpoint at all.
+          EvaluationError: the group has no checkpoint at all (of `steps`).
         """
         refs = list_checkpoints(self.run.directory)
+        if steps is not None:
+            refs = [r for r in refs if r.step in set(steps)]
         if not refs:
             raise errors.EvaluationError(
                 f"{self.run.name} has no checkpoint in {self.run.directory}"

@@ -40,6 +40,7 @@ def evaluate_run(
     timeout_s: float = 3600.0,
     poll_interval_s: float = 10.0,
     max_attempts: int = 3,
+    steps: Optional[Sequence[int]] = None,
 ) -> None:
     """What `binaries/evaluate.py` does: evaluate groups of a run, or their ensemble.
 
@@ -58,6 +59,7 @@ def evaluate_run(
         (also how long to wait for the group's config to appear).
       poll_interval_s: sidecar: seconds between looks for a new checkpoint.
       max_attempts: sidecar: failed reads of a checkpoint before skipping it.
+      steps: `all`: only the checkpoints of these steps (None: every one).
 
     Raises:
       errors.EvaluationError: a mistake in what to evaluate, naming it.
@@ -80,7 +82,9 @@ def evaluate_run(
         for g in groups
     ]
     if ensemble:
-        ensembles.evaluate_ensemble(runs, output_dir, ensemble_head, every_step=mode == "all")
+        ensembles.evaluate_ensemble(
+            runs, output_dir, ensemble_head, every_step=mode == "all", steps=steps
+        )
         return
     for run in runs:
         group = evaluator.GroupEvaluator(run, output_dir)
@@ -88,7 +92,7 @@ def evaluate_run(
             if mode == "latest":
                 group.latest()
             elif mode == "all":
-                group.all()
+                group.all(steps)
             else:
                 group.sidecar(
                     final_step=run.config.train_steps if final_step is None else final_step,
