@@ -4,6 +4,7 @@ from unittest import mock
 
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from tf_codistill import distribute
 from tf_codistill import errors
@@ -66,10 +67,15 @@ def test_logs_count_teachers_in_use_and_stale_ones(tmp_path):
     assert client.reload_counts == {1: {"loaded": 1, "failed": 0}}
 
 
-def test_a_step_published_before_a_restart_is_kept(tmp_path, caplog):
+def test_a_step_published_before_a_restart_is_kept(tmp_path, caplog, request):
     model = _model(str(tmp_path))
     first = model.publish()
     caplog.set_level("INFO")
+    # absl's logger has its own level (--verbosity), which an earlier test may
+    # have raised: INFO for this test.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    request.addfinalizer(lambda: absl_logging.set_verbosity(verbosity))
     restarted = _model(str(tmp_path))
     assert restarted.publish() == first
     assert "step 0 was published before this process started; kept as it is" in caplog.text

@@ -67,7 +67,9 @@ def _assert_clean_stop(code, lines, directory):
     text = "\n".join(lines)
     assert code == 1, (code, text[-3000:])
     assert "Traceback" not in text, text[-3000:]
-    last = [line for line in lines if line.strip()][-1]
+    # The program's last words, then LocalCluster's line for its exit.
+    *_, last, exited = [line for line in lines if line.strip()]
+    assert exited == f"{local_cluster.EXITED} 1", exited
     assert last.startswith("train.py: ") and directory in last, last
     assert "\n" not in last
     return last

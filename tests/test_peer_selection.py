@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from absl import logging as absl_logging
 
 import tf_codistill
 from tf_codistill import errors
@@ -108,11 +109,17 @@ class OneTeacherForManyPeersTest(tf.test.TestCase):
             keras.optimizers.SGD(0.1),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        # Every reload after a peer's first is logged at DEBUG.
-        with self.assertLogs(level="DEBUG") as logs:
-            model.fit(self.dataset.take(2), verbose=0)  # Traces the step.
-            traces = model.train_function.experimental_get_tracing_count()
-            history = model.fit(self.dataset, verbose=0).history
+        # Every reload after a peer's first is logged at DEBUG: absl's own
+        # level (from --verbosity, which another test may have set) too.
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.DEBUG)
+        try:
+            with self.assertLogs(level="DEBUG") as logs:
+                model.fit(self.dataset.take(2), verbose=0)  # Traces the step.
+                traces = model.train_function.experimental_get_tracing_count()
+                history = model.fit(self.dataset, verbose=0).history
+        finally:
+            absl_logging.set_verbosity(verbosity)
         self.assertEqual(model.train_function.experimental_get_tracing_count(), traces)
         loaded = [
             int(re.search(r"teacher for peer (\d) <-", line)[1])
