@@ -271,10 +271,6 @@ class _Refusals:
         if isinstance(error, errors.CheckpointContentError):
             self.refuse(peer, step)
             return "refused"
-        if isinstance(error, errors.CheckpointNotReadyError):
-            # Not all its files visible yet (an object store's late listing):
-            # not a failed read; tried again at every reload until it shows.
-            return "not visible yet; tried again at the next reload"
         previous, attempts, _ = self._latest.get(peer, (None, 0, False))
         attempts = attempts + 1 if previous == step else 1
         refused = attempts >= self.max_attempts
