@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from absl import logging as absl_logging
 
 from tf_codistill import errors
 from tf_codistill import exchange
@@ -142,8 +143,13 @@ def test_check_teacher_dtype_accepts_tf_dtypes():
     assert teachers.check_teacher_dtype(None) is None
 
 
-def test_train_group_takes_it_from_gin(tmp_path, caplog):
+def test_train_group_takes_it_from_gin(tmp_path, caplog, request):
     caplog.set_level(logging.INFO)
+    # absl's logger has its own level (--verbosity), which an earlier test may
+    # have raised (seen in the full suite): INFO for this test.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    request.addfinalizer(lambda: absl_logging.set_verbosity(verbosity))
     gin_utils.parse(
         ["demo/tiny.gin"],
         [
