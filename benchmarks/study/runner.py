@@ -350,14 +350,7 @@ class Runner:
             subprocess.run(
                 argv,
                 check=True,
-                env=dict(
-                    os.environ,
-                    TF_CPP_MIN_LOG_LEVEL="2",
-                    # evaluate_runs.py imports `study` (this package).
-                    PYTHONPATH=os.pathsep.join(
-                        [os.path.dirname(os.path.dirname(EVALUATE_RUNS)), *_pythonpath()]
-                    ),
-                ),
+                env=_tool_env(),
                 capture_output=not self.verbose,
             )
 
@@ -382,14 +375,7 @@ class Runner:
                     f"--output_json={out}",
                 ],
                 check=True,
-                env=dict(
-                    os.environ,
-                    TF_CPP_MIN_LOG_LEVEL="2",
-                    # evaluate_runs.py imports `study` (this package).
-                    PYTHONPATH=os.pathsep.join(
-                        [os.path.dirname(os.path.dirname(EVALUATE_RUNS)), *_pythonpath()]
-                    ),
-                ),
+                env=_tool_env(),
                 capture_output=not self.verbose,
             )
         with open(out) as f:
@@ -413,8 +399,16 @@ def curve_path(root: str, groups: Sequence[int]) -> str:
     return os.path.join(root, "test", "curve_" + "_".join(str(g) for g in groups) + ".json")
 
 
-def _pythonpath() -> list[str]:
-    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+def _tool_env() -> dict[str, str]:
+    """The environment of the harness's TensorFlow tools: quiet, and `study` importable.
+
+    evaluate_runs.py imports `study` (this package), from benchmarks/.
+    """
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    benchmarks = os.path.dirname(os.path.dirname(EVALUATE_RUNS))
+    return dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([benchmarks, *path])
+    )
 
 
 class PlanComplete(Exception):
