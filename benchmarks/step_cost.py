@@ -214,6 +214,33 @@ def time_variants(workload, steps, repeats):
     }
 
 
+def timed_fit(model, workload, publisher, run_steps, exchanges):
+    """Per-step times of `fit` (after a tracing fit of 20 steps).
+
+    With `exchanges`, the peer's `publisher` publishes just before each
+    exchange every 50 steps; its time is not counted.
+    """
+    import tf_keras as keras
+
+    timer = step_timer(keras.callbacks.Callback)
+
+    class PeerPublishes(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if exchanges and (step + 1) % 50 == 0:
+                start = time.perf_counter()
+                publisher.publish(10**6 + step)
+                timer.excluded += time.perf_counter() - start
+
+    dataset = data(workload)
+    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
+    timer.times.clear()
+    model.fit(
+        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
+    )
+    return np.asarray(timer.times)
+
+
 def time_reloads(workload, run_steps, background):
     """One reload's time, and the step-time distribution with a reload every 50 steps.
 
@@ -249,25 +276,7 @@ def time_reloads(workload, run_steps, background):
         (outcome,) = model.reload_teachers()
         reload_s.append(time.perf_counter() - start)
         assert outcome.status == "loaded", outcome
-    timer = step_timer(keras.callbacks.Callback)
-
-    class PeerPublishes(keras.callbacks.Callback):
-        """The peer publishes just before each exchange (its time is not counted)."""
-
-        def on_train_batch_end(self, batch, logs=None):
-            step = int(self.model.optimizer.iterations.numpy())
-            if (step + 1) % 50 == 0:
-                start = time.perf_counter()
-                publisher.publish(10**6 + step)
-                timer.excluded += time.perf_counter() - start
-
-    dataset = data(workload)
-    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
-    timer.times.clear()
-    model.fit(
-        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
-    )
-    times = np.asarray(timer.times)
+    times = timed_fit(model, workload, publisher, run_steps, exchanges=True)
     loads = model.reload_counts[1]["loaded"]
     return {
         "mode": "background" if background else "blocking",
@@ -423,23 +432,7 @@ def time_exchange_run(workload, run_steps, exchanges, background_publish=True):
         keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    timer = step_timer(keras.callbacks.Callback)
-
-    class PeerPublishes(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            step = int(self.model.optimizer.iterations.numpy())
-            if exchanges and (step + 1) % 50 == 0:
-                start = time.perf_counter()
-                publisher.publish(10**6 + step)
-                timer.excluded += time.perf_counter() - start
-
-    dataset = data(workload)
-    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
-    timer.times.clear()
-    model.fit(
-        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
-    )
-    times = np.asarray(timer.times)
+    times = timed_fit(model, workload, publisher, run_steps, exchanges)
     return {
         "steps": len(times),
         "p50_ms": 1e3 * float(np.percentile(times, 50)),
