@@ -579,10 +579,13 @@ def recipe(
     for name, kw in variants.items():
         arm = read_groups(ctx, cods[name], name)
         per_seed = []
+        # A variant may run more than 2 groups (`groups=`): its share is still
+        # measured against the 2-way ensemble of the independent pair.
+        n = len(arm.stopped) // len(ind)
         for k in range(len(ind)):
             s_single = (single.stopped[2 * k][1] + single.stopped[2 * k + 1][1]) / 2
             s_ens = ensemble.stopped[k][1]
-            s_cod = (arm.stopped[2 * k][1] + arm.stopped[2 * k + 1][1]) / 2
+            s_cod = sum(loss for _, loss in arm.stopped[n * k : n * (k + 1)]) / n
             per_seed.append(capture(s_single, s_ens, s_cod))
         shares = spread(per_seed)
         shares_by_name[name] = per_seed
