@@ -206,15 +206,24 @@ def test_recipe_shares_per_seed(configured):
         if not run.codistill:
             return curve(2.0, 1.00 if len(groups) > 1 else 1.10, 0.03)
         weight = dict(run.overrides).get("distill_weight", 1.0)
+        if run.num_groups == 3:
+            # Groups 0, 1, 2 at 1.08, 1.06, 1.04: their mean 1.06 is 40%.
+            return curve(2.0, 1.08 - 0.02 * groups[0], 0.03)
         return curve(2.0, 1.10 - 0.05 * weight, 0.03)
 
     ctx = experiments.Context(configured, FakeRunner(make), seeds=2)
-    variants = {"w1": {"distill_weight": 1.0}, "w2": {"distill_weight": 2.0}}
+    variants = {
+        "w1": {"distill_weight": 1.0},
+        "w2": {"distill_weight": 2.0},
+        "3 groups": {"groups": 3},
+    }
     report = experiments.recipe(ctx, variants=variants, batch=64)
     shares = {name: v["shares"] for name, v in report.raw["variants"].items()}
     # A drop of 0.05 per unit of weight, against the ensemble's 0.10.
     assert shares["w1"] == pytest.approx([0.5, 0.5], abs=1e-6)
     assert shares["w2"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    # Per seed, the mean of that seed's three groups (not of the first two).
+    assert shares["3 groups"] == pytest.approx([0.4, 0.4], abs=1e-6)
     assert report.raw["best"] == "w2"
 
 
