@@ -37,7 +37,9 @@ flags.DEFINE_string(
     "out_dir", os.path.join(runner_lib.REPO, "docs", "results"), "Tables, plots, JSON."
 )
 flags.DEFINE_string("work_dir", "/tmp/tf_codistill_study", "Training runs go here.")
-flags.DEFINE_integer("seeds", 3, "Retrains per arm (model and data seeds).")
+flags.DEFINE_integer(
+    "seeds", 3, "Retrains per arm (model and data seeds); --quick: 2 unless given."
+)
 flags.DEFINE_integer("parallel", 2, "Training processes at once (a run's groups always together).")
 flags.DEFINE_bool("fresh", False, "Train every run again instead of reading kept ones.")
 flags.DEFINE_bool("verbose", False, "Show every output line of the runs.")
@@ -89,13 +91,18 @@ def enabled_experiments(names=()) -> tuple:
     return tuple(names)
 
 
+def _seeds() -> int:
+    """--seeds, or 2 for --quick unless --seeds is given."""
+    return 2 if FLAGS.quick and not FLAGS["seeds"].present else FLAGS.seeds
+
+
 def _run(
     name: str, workload: str, runner: runner_lib.Runner
 ) -> tuple[runner_lib.Workload, experiments.Report]:
     w, bound = configure(workload)
     if name not in bound:
         sys.exit(f"reproduce.py: {name} is not configured for {workload} (it runs {bound})")
-    ctx = experiments.Context(w, runner, 2 if FLAGS.quick else FLAGS.seeds, FLAGS.quick)
+    ctx = experiments.Context(w, runner, _seeds(), FLAGS.quick)
     return w, EXPERIMENTS[name][0](ctx)
 
 
@@ -215,7 +222,7 @@ def main(argv):
         start = time.time()
         print(f"== {name}:{wl}: {EXPERIMENTS[name][1]}", flush=True)
         w, rep = _run(name, wl, runner)
-        seeds = 2 if FLAGS.quick else FLAGS.seeds
+        seeds = _seeds()
         markdown = report.write(
             FLAGS.out_dir, name, w, rep, runner, seeds, FLAGS.quick, tuple(FLAGS.gin_bindings)
         )

@@ -280,9 +280,10 @@ def test_list_plans_every_experiment_of_every_workload(tmp_path):
 @pytest.mark.slow
 def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     out = tmp_path / "out"
-    result = reproduce(
-        "c2_speedup:teacher_student", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}"
-    )
+    # One seed: 8 train.py processes instead of 14 (the arithmetic over seeds
+    # is tested above with curves written down).
+    args = ("--quick", "--seeds=1", f"--work_dir={tmp_path}", f"--out_dir={out}")
+    result = reproduce("c2_speedup:teacher_student", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "expect about" in result.stdout.splitlines()[0]
     name = "c2_speedup-teacher_student-quick"
@@ -290,8 +291,8 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
         raw = json.load(f)
     arms = raw["result"]["arms"]
     assert set(arms) == {"sync_b", "sync_2b", "single", "ensemble", "cod2"}
-    # Two seeds of every arm, each group's curve read on the test split.
-    assert len(arms["sync_b"]["stopped"]) == 2 and len(arms["cod2"]["stopped"]) == 4
+    # Every arm, each group's curve read on the test split.
+    assert len(arms["sync_b"]["stopped"]) == 1 and len(arms["cod2"]["stopped"]) == 2
     assert all(math.isfinite(loss) for _, loss in arms["cod2"]["stopped"])
     assert (out / f"{name}.png").exists()
     markdown = (out / f"{name}.md").read_text()
@@ -301,9 +302,7 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     curves = [p for d in run_dirs for p in (d / "test").glob("curve_*.json")]
     assert curves and all(len(json.loads(p.read_text())) >= 2 for p in curves)
     # Kept runs are read again, not retrained.
-    again = reproduce(
-        "c2_speedup:teacher_student", "--quick", f"--work_dir={tmp_path}", f"--out_dir={out}"
-    )
+    again = reproduce("c2_speedup:teacher_student", *args)
     assert again.returncode == 0 and "every run is kept" in again.stdout
     assert "] training" not in again.stdout
 
