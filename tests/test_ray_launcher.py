@@ -246,7 +246,7 @@ def test_a_killed_worker_restarts_its_group_from_backup_while_the_peer_trains_on
     assert not COORDINATION_ERRORS.search(out), out[-5000:]
     # ... and every worker, restarted or not, ends with its last evaluation:
     # none waits for TensorFlow to free its input pipeline first
-    # (codistill_model._KeepsIterator), holding its group at the closing barrier.
+    # (tf_codistill.input_release), holding its group at the closing barrier.
     for worker in first_run:
         last_eval = max(t for t, n, text in output.times if n == worker and EVAL.search(text))
         done = max(t for t, n, text in output.times if n == worker and DONE.search(text))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Optional
@@ -32,6 +31,7 @@ from absl import logging
 from tf_codistill import callbacks as callbacks_lib
 from tf_codistill import errors
 from tf_codistill import exchange_client
+from tf_codistill import input_release
 from tf_codistill import losses
 from tf_codistill import noise_scale
 from tf_codistill import peer_selection as peer_selection_lib
@@ -60,7 +60,7 @@ ExchangeWriteError = errors.ExchangeWriteError
 ReloadOutcome = teachers_lib.ReloadOutcome
 
 
-class CodistillModel(keras.Model):
+class CodistillModel(input_release.InputReleasingModel):
     """Trains `student` with a distillation term against its peers' checkpoints.
 
     Defaults follow Anil et al. (2018): psi is the cross-entropy to the peers'
@@ -475,43 +475,14 @@ class CodistillModel(keras.Model):
         super().compile(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
-        """`tf_keras.Model.fit`, with an `ExchangeCallback` added if none is given.
-
-        Its input iterator is freed on a helper thread when it returns
-        (`_KeepsIterator`), so `fit` does not wait for TensorFlow to tear the
-        input pipeline down.
-        """
+        """`tf_keras.Model.fit`, with an `ExchangeCallback` added if none is given."""
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self")
         arguments["callbacks"] = callbacks_lib.with_exchange(
             arguments.get("callbacks"), self._exchange_every_n_steps
         )
-        try:
-            return super().fit(**arguments)
-        finally:
-            _release_in_background(self.train_function, "training")
-
-    def evaluate(self, *args, **kwargs):
-        """`tf_keras.Model.evaluate`; its input iterator is freed as `fit`'s is."""
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            _release_in_background(self.test_function, "evaluation")
-
-    def make_train_function(self, force=False):
-        """`tf_keras.Model.make_train_function`, keeping the input iterator (`_KeepsIterator`)."""
-        function = super().make_train_function(force)
-        if not isinstance(function, _KeepsIterator):
-            function = self.train_function = _KeepsIterator(function)
-        return function
-
-    def make_test_function(self, force=False):
-        """`tf_keras.Model.make_test_function`, keeping the input iterator (`_KeepsIterator`)."""
-        function = super().make_test_function(force)
-        if not isinstance(function, _KeepsIterator):
-            function = self.test_function = _KeepsIterator(function)
-        return function
+        return super().fit(**arguments)
 
     def save(self, filepath, *args, **kwargs):
         """Saves the student alone (`model.student.save`): the served model.
@@ -539,56 +510,3 @@ class CodistillModel(keras.Model):
             "ModelCheckpoint) save the student alone, for serving; use "
             "keras.callbacks.BackupAndRestore (or save_weights) to checkpoint training state"
         )
-
-
-class _KeepsIterator:
-    """A Keras train or test function that keeps the iterator it was last called with.
-
-    Freeing a `tf.data` iterator can block for up to a minute or two:
-    TensorFlow's autotuning thread of each of its pipelines (the dataset's,
-    and under a distribution strategy the per-device one the strategy adds,
-    which no `tf.data.Options` of ours reaches) sleeps between optimisations
-    for up to 60 s, and the iterator's destructor waits for it. Cancelling
-    wakes it, but TensorFlow marks the cancellation as done only after the
-    wake-up, and a woken thread that checks before that sleeps out its
-    period: on a busy host that happened most times (docs/cluster.md). Keras
-    frees the iterator as `fit` (or `evaluate`) returns, on the caller's
-    thread; for a worker of a multi-worker group that wait held up the group
-    (its other workers wait at the closing barrier). Keeping the iterator
-    here, `CodistillModel` frees it on a helper thread instead
-    (`_release_in_background`; TensorFlow releases the GIL while it waits).
-
-    Calls go to the Keras function; its public attributes
-    (`experimental_get_tracing_count`, ...) are the Keras function's.
-    """
-
-    def __init__(self, function: Callable):
-        self.function = function
-        self.iterator = None
-
-    def __call__(self, iterator, *args, **kwargs):
-        self.iterator = iterator
-        return self.function(iterator, *args, **kwargs)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.function, name)
-
-
-def _release_in_background(function, what: str) -> None:
-    """Frees the iterator `function` (a `_KeepsIterator`) holds, on a daemon thread.
-
-    The thread holds the last reference; dropping it there runs TensorFlow's
-    teardown of the input pipeline off the caller's thread. A process that
-    ends first (a launcher's worker exits at once) never waits for it.
-    """
-    if not isinstance(function, _KeepsIterator) or function.iterator is None:
-        return
-    kept = [function.iterator]
-    function.iterator = None
-
-    def release():
-        kept.clear()  # The last reference: the pipeline is torn down here.
-
-    threading.Thread(target=release, name=f"tf_codistill_free_{what}_input", daemon=True).start()
