@@ -100,6 +100,7 @@ def test_exchange_summary_against_the_median_without_exchanges():
     assert s["none"]["p99_over_none_p50"] == pytest.approx(1.0)
     assert s["blocking"]["p99_over_none_p50"] == pytest.approx(3.0)
     assert s["blocking"]["p50_over_none_p50"] == pytest.approx(1.0)
+    assert s["blocking"]["p99_over_own_p50"] == pytest.approx(3.0)
     assert s["blocking"]["boundary_p50_ms"] == pytest.approx(150)
     assert s["blocking"]["after_max_ms"] == pytest.approx(60)
     assert s["blocking"]["reloads"] == 2
@@ -169,6 +170,8 @@ def test_markdown_tables():
     # The targets row: bound 1.25x, 1.04x over it, 30% -> 15% overhead (cut 50%).
     assert "| mlp | 1.250x | 1.040x | 30% | 15% | 50% |" in text
     assert "| mlp | none | 10 | 50.00 ms |" in text
+    # background: p99 of 9 x 50 ms and one 60 ms (index 8.91 -> 59.1 ms) over 50 ms.
+    assert "| 1.18 | 1.18 |" in text
     assert "| mlp | codistill-3-random | 1 | 2 | 2 | 2.0 MiB |" in text
     assert "| mlp | 2,176,010 | 30.00 ms | 29.00 ms |" in text
 
