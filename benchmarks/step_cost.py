@@ -848,10 +848,10 @@ def define_flags():
     flags.DEFINE_list(
         "parts", ["steps", "exchanges", "io"], "Which measurements (1, 2, 3 of the module doc)."
     )
-    flags.DEFINE_integer("mlp_rounds", 200, "Timed single steps per variant, MLP.")
-    flags.DEFINE_integer("lstm_rounds", 50, "Timed single steps per variant, LSTM.")
-    flags.DEFINE_integer("mlp_blocks", 8, "Exchange runs: timed 50-step blocks per run, MLP.")
-    flags.DEFINE_integer("lstm_blocks", 3, "Exchange runs: timed 50-step blocks per run, LSTM.")
+    flags.DEFINE_integer("mlp_rounds", 150, "Timed single steps per variant, MLP.")
+    flags.DEFINE_integer("lstm_rounds", 40, "Timed single steps per variant, LSTM.")
+    flags.DEFINE_integer("mlp_blocks", 6, "Exchange runs: timed 50-step blocks per run, MLP.")
+    flags.DEFINE_integer("lstm_blocks", 2, "Exchange runs: timed 50-step blocks per run, LSTM.")
     flags.DEFINE_string(
         "device", None, "Where to run, e.g. /GPU:0 or /CPU:0 (default: GPU if any)."
     )
