@@ -1,28 +1,50 @@
-r"""What codistillation costs per step, measured side by side in one process.
+r"""What codistillation costs per step, timed step by step in one process.
 
-For a compute-bound MLP and an LSTM language model, on the same data and
-batch, it times:
+Timing whole epochs (the retired `--mode=epochs`) gave per-repeat ratios
+from 0.65 to 2.7 on a loaded 2-vCPU host: one epoch of a variant meets one
+burst of someone else's load and the next does not. Here every variant runs
+one step in turn (round-robin, same process, each on its own iterator over
+the same cached batches), so drifts in machine speed hit all of them alike,
+and the statistics are over single steps.
 
-  plain        student.compile(...); student.fit(...)          (tf_keras)
-  codistill-1  CodistillModel with 1 peer (one teacher forward pass)
-  codistill-3  CodistillModel with 3 peers
-  plain-keras3 the same student in Keras 3: student.fit
-  distiller    Keras 3's keras.distillation.Distiller, 1 teacher (Keras 3)
+For each workload (an MLP and an LSTM language model, `WORKLOADS`):
 
-The Distiller is compared both with tf_keras' plain step (what a user would
-pay for switching) and with Keras 3's own plain step (its own overhead).
+1. Single steps, round-robin (`--mlp_rounds`, `--lstm_rounds` per variant):
+     plain             the student's tf_keras train step
+     teacher           one teacher forward pass alone (inference mode): what
+                       a teacher adds at least; plain + teacher is the bound
+     teacher-<half>    the same in `--half_dtype` (bfloat16; float16 on GPUs)
+     codistill-1       CodistillModel's train step, one peer
+     codistill-1-<half> the same with `teacher_dtype=<half>`
+     codistill-3-all   three peers, `peer_selection="all_peers"`
+     codistill-3-random, codistill-3-round_robin
+                       three peers, one teacher slot (`random_peer`,
+                       `round_robin`): one teacher forward for any N
+     keras3-plain      the same student in Keras 3
+     keras3-distiller  Keras 3's `keras.distillation.Distiller`, 1 teacher
+   Keras 3's Distiller is compared with Keras 3's own plain step.
+   Teacher memory (teacher copies, their variables' bytes) is reported for
+   each codistill variant.
+2. Exchange runs: one peer, an exchange every 50 steps (the group publishes
+   its own checkpoint and reloads its peer, which publishes just before each
+   boundary, untimed), driven step by step with `fit`'s callbacks. The runs
+   take turns in blocks of 50 steps, each block holding one exchange
+   boundary 40 steps in (so background work ends inside its own block).
+     none                   no exchanges (the baseline median)
+     blocking               blocking reload and blocking publish
+     background reads       background reload, blocking publish (the default)
+     background             background reload and `background_publish=True`
+     background, low prio   the same, the library's helper threads run at a
+                            lower OS priority during its blocks (experiment;
+                            needs the right to raise a priority back: root)
+   Reported: p50, p99 and max step; p99 over the median of `none`.
+3. One blocking publish and one blocking reload (median of a few).
 
-Each variant is built and traced once; then the variants take turns running
-one timed epoch each, --repeats times (interleaved, so drifts in machine
-speed hit all of them alike). A step's time is the interval between two
-consecutive `on_train_batch_end` calls (train step plus Keras' per-step
-overhead). Reported: the median step time per variant and repeat, then the
-median over repeats of each variant's ratio to `plain` within the same repeat.
+  nice -n 10 python benchmarks/step_cost.py --markdown=docs/benchmarks.md \
+      --json=docs/benchmarks.json
 
-It also times one teacher reload (new peer checkpoint -> teacher) and, over a
-run that reloads every 50 steps, the median and 99th-percentile step.
-
-  python benchmarks/step_cost.py --repeats=5 --markdown=docs/benchmarks.md
+Runs unchanged on a GPU host (`--device`, default the first GPU if there is
+one; `--half_dtype=float16`); it has only been run on CPUs so far.
 """
 
 import json
@@ -31,6 +53,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,22 +62,6 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-flags.DEFINE_integer("repeats", 5, "Timed epochs per variant (interleaved).")
-flags.DEFINE_integer("mlp_steps", 150, "Steps per timed epoch, MLP.")
-flags.DEFINE_integer("lstm_steps", 40, "Steps per timed epoch, LSTM LM.")
-flags.DEFINE_integer("reload_run_steps", 1000, "Steps of the run that reloads every 50 steps.")
-flags.DEFINE_list("workloads", ["mlp", "lstm"], "Which models to time.")
-flags.DEFINE_enum(
-    "mode",
-    "epochs",
-    ["epochs", "steps"],
-    "epochs: the interleaved-epoch comparison and reload runs below; steps: single steps "
-    "timed round-robin between variants (step_times), and p50/p99 with and without exchanges.",
-)
-flags.DEFINE_integer("rounds", 100, "--mode=steps: timed steps per variant (round-robin).")
-flags.DEFINE_integer("exchange_run_steps", 400, "--mode=steps: steps of each exchange run.")
-flags.DEFINE_string("json", None, "Write raw results here.")
-flags.DEFINE_string("markdown", None, "Write the tables here (e.g. docs/benchmarks.md).")
 FLAGS = flags.FLAGS
 
 WORKLOADS = {
@@ -63,6 +70,291 @@ WORKLOADS = {
     # Byte-level LM: 2 x LSTM 256 on 64-token sequences, batch 32 (0.9 M parameters).
     "lstm": dict(batch=32, examples=32 * 8, length=64, vocab=256, embed=64, units=256),
 }
+EXCHANGE_EVERY = 50
+# Exchange runs: where a timed block starts, relative to an exchange boundary
+# (blocks are [boundary - 40, boundary + 10)), and the warm-up start.
+BLOCK_LEAD, WARMUP_START = 40, 45
+FIRST_BLOCK = 2 * EXCHANGE_EVERY - BLOCK_LEAD  # Step 60: blocks hold boundaries 100, 150, ...
+AFTER = 5  # Steps after a boundary reported as "after".
+
+
+# ----------------------------------------------------------------------
+# Pure helpers (tests/test_step_cost.py).
+
+
+def summarize(seconds):
+    """p50, p99, max and mean of step times, in ms."""
+    t = 1e3 * np.asarray(seconds, dtype=float)
+    return {
+        "n": int(t.size),
+        "p50_ms": float(np.percentile(t, 50)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "max_ms": float(t.max()),
+        "mean_ms": float(t.mean()),
+    }
+
+
+def paired_ratios(times, base):
+    """Per-round ratios `times[i] / base[i]`: median and interquartile range."""
+    r = np.asarray(times, dtype=float) / np.asarray(base, dtype=float)
+    q1, q2, q3 = np.percentile(r, [25, 50, 75])
+    return {"median": float(q2), "q1": float(q1), "q3": float(q3)}
+
+
+def step_ratios(times, half):
+    """Ratios and targets from the round-robin step times of one workload.
+
+    Args:
+      times: variant name -> list of step times (seconds), the same number
+        per variant, index i of each taken in the same round.
+      half: the half-precision name used in the variants (e.g. "bfloat16").
+
+    Returns:
+      Per variant: summary, `p50_over_plain` (ratio of medians) and the
+      paired per-round ratio; and `derived`: the bound, the excess over it,
+      the half-precision cut, flatness in N and the Distiller comparison
+      (keys absent when their variants were not timed).
+    """
+    med = {n: float(np.median(t)) for n, t in times.items()}
+    out = {"variants": {}, "derived": {}}
+    for n, t in times.items():
+        out["variants"][n] = {
+            **summarize(t),
+            "p50_over_plain": med[n] / med["plain"],
+            "paired_over_plain": paired_ratios(t, times["plain"]),
+        }
+    d = out["derived"]
+
+    def have(*names):
+        return all(n in med for n in names)
+
+    for suffix, teacher in (("", "teacher"), (f"-{half}", f"teacher-{half}")):
+        one = f"codistill-1{suffix}"
+        if have(one, teacher):
+            key = suffix.lstrip("-") or "float32"
+            d[f"bound_{key}"] = (med["plain"] + med[teacher]) / med["plain"]
+            d[f"overhead_{key}"] = med[one] / med["plain"] - 1
+            # Issue 11's target: codistill-1 <= 1.05 x (plain + teacher forward).
+            d[f"over_bound_{key}"] = med[one] / (med["plain"] + med[teacher])
+    if "overhead_float32" in d and f"overhead_{half}" in d and d["overhead_float32"] > 0:
+        # Target: the half-precision teacher cuts the one-peer overhead by >= 25%.
+        d["half_cut"] = 1 - d[f"overhead_{half}"] / d["overhead_float32"]
+    for rule in ("all", "random", "round_robin"):
+        if have(f"codistill-3-{rule}", "codistill-1"):
+            # Flat in N: 3 peers (one sampled slot) cost what 1 peer does.
+            d[f"3_{rule}_over_1"] = med[f"codistill-3-{rule}"] / med["codistill-1"]
+    if have("keras3-plain", "keras3-distiller"):
+        d["distiller_over_keras3_plain"] = med["keras3-distiller"] / med["keras3-plain"]
+        d["keras3_plain_over_plain"] = med["keras3-plain"] / med["plain"]
+    return out
+
+
+def exchange_summary(runs):
+    """Per exchange run: summary and p99 over the median of the run without exchanges.
+
+    Args:
+      runs: run name -> {"times": [...] seconds, "boundary": [...] seconds
+        of the steps that crossed an exchange boundary, "after": [...]
+        seconds of the 5 steps after each, ...}; must hold "none".
+    """
+    base = float(np.median(runs["none"]["times"]))
+    out = {}
+    for name, r in runs.items():
+        s = summarize(r["times"])
+        s["p99_over_none_p50"] = s["p99_ms"] / (1e3 * base)
+        s["p50_over_none_p50"] = s["p50_ms"] / (1e3 * base)
+        # Less sensitive to load that changed between the runs' blocks.
+        s["p99_over_own_p50"] = s["p99_ms"] / s["p50_ms"]
+        if r.get("boundary"):
+            s["boundary_p50_ms"] = 1e3 * float(np.median(r["boundary"]))
+            s["after_max_ms"] = 1e3 * float(np.max(r["after"])) if r.get("after") else None
+        for key in ("reloads", "publishes", "priority"):
+            if key in r:
+                s[key] = r[key]
+        out[name] = s
+    return out
+
+
+def parse_cpuinfo(text):
+    """CPU model and bf16-relevant flags from the text of /proc/cpuinfo."""
+    model, cpu_flags = platform.machine(), set()
+    for line in text.splitlines():
+        if line.startswith("model name") and model == platform.machine():
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not cpu_flags:
+            cpu_flags = set(line.split(":", 1)[1].split())
+    return {
+        "cpu": model,
+        "avx512f": "avx512f" in cpu_flags,
+        "avx512_bf16": "avx512_bf16" in cpu_flags,
+        "amx_bf16": "amx_bf16" in cpu_flags,
+        "amx_tile": "amx_tile" in cpu_flags,
+    }
+
+
+def _ms(v):
+    return f"{v:.2f} ms" if v is not None else ""
+
+
+def _x(v):
+    return f"{v:.3f}x" if v is not None else ""
+
+
+def _yes(v):
+    return "yes" if v else "no"
+
+
+def markdown(results):
+    """The tables of a run (what goes between the markers of docs/benchmarks.md)."""
+    m = results["machine"]
+    lines = [
+        "## Measured (`benchmarks/step_cost.py`)",
+        "",
+        f"Machine: {m['cores']} vCPUs, {m['cpu']} (AVX-512F: {_yes(m['avx512f'])}, "
+        f"AVX512_BF16: {_yes(m['avx512_bf16'])}, AMX-BF16: {_yes(m['amx_bf16'])}), "
+        f"{m['gpus']} GPUs, device `{results['device']}`; TensorFlow {m['tensorflow']}, "
+        f"tf_keras {m['tf_keras']}, Keras {m['keras3']}, Python {m['python']}.",
+        f"Run {results['start']} to {results['end']} (UTC), process nice {results['nice']}, "
+        f"with `python benchmarks/step_cost.py {results['args']}`.",
+        f"Load average (1 min) {results['load_before'][0]:.2f} before, "
+        f"{results['load_after'][0]:.2f} after (5 min: {results['load_before'][1]:.2f}, "
+        f"{results['load_after'][1]:.2f}).",
+    ]
+    lines += _steps_tables(results["steps"], results["half_dtype"])
+    lines += _exchange_table(results["exchanges"], results.get("priority_note"))
+    lines += _io_table(results["io"])
+    return "\n".join(lines) + "\n"
+
+
+def _steps_tables(steps, half):
+    if not steps:
+        return []
+    lines = [
+        "",
+        "### Single steps, round-robin",
+        "",
+        "Each variant runs one step in turn. *p50 / plain* is the ratio of medians; "
+        "*paired* is the median (and quartiles) of the per-round ratios to the plain step "
+        "of the same round.",
+        "",
+        "| workload | variant | p50 | p99 | p50 / plain | paired (q1-q3) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, r in steps.items():
+        for name, v in r["variants"].items():
+            p = v["paired_over_plain"]
+            lines.append(
+                f"| {workload} | {name} | {_ms(v['p50_ms'])} | {_ms(v['p99_ms'])} | "
+                f"{_x(v['p50_over_plain'])} | {p['median']:.3f} ({p['q1']:.2f}-{p['q3']:.2f}) |"
+            )
+    lines += [
+        "",
+        "Teacher memory (slots x buffers; the staging copy a reload restores into, one "
+        "per group whatever N, is not counted):",
+        "",
+        "| workload | model | slots | buffers | teacher copies | teacher variables |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, r in steps.items():
+        for name, mem in r.get("memory", {}).items():
+            lines.append(
+                f"| {workload} | {name} | {mem['slots']} | {mem['buffers']} | {mem['copies']} | "
+                f"{mem['bytes'] / 2**20:.1f} MiB |"
+            )
+    lines += [
+        "",
+        "Against issue 11's targets (ratios of medians):",
+        "",
+        "| workload | bound (1 + teacher) | codistill-1 / bound (<= 1.05) | overhead float32 "
+        f"| overhead {half} | {half} cut (>= 25%) | 3 all / 1 | 3 random / 1 | "
+        "3 round robin / 1 | Distiller / Keras 3 plain | Keras 3 plain / plain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, r in steps.items():
+        d = r["derived"]
+
+        def pct(key, d=d):
+            return f"{100 * d[key]:.0f}%" if key in d else ""
+
+        lines.append(
+            f"| {workload} | {_x(d.get('bound_float32'))} | {_x(d.get('over_bound_float32'))} | "
+            f"{pct('overhead_float32')} | {pct(f'overhead_{half}')} | {pct('half_cut')} | "
+            f"{_x(d.get('3_all_over_1'))} | {_x(d.get('3_random_over_1'))} | "
+            f"{_x(d.get('3_round_robin_over_1'))} | "
+            f"{_x(d.get('distiller_over_keras3_plain'))} | {_x(d.get('keras3_plain_over_plain'))} |"
+        )
+    return lines
+
+
+def _exchange_table(exchanges, priority_note=None):
+    if not exchanges:
+        return []
+    lines = [
+        "",
+        f"### Exchange every {EXCHANGE_EVERY} steps, one peer",
+        "",
+        "Runs take turns in 50-step blocks, one exchange boundary in each. A step's time "
+        "includes `fit`'s callbacks (the exchange happens in them). *boundary* is the median "
+        "of the steps that crossed a boundary; *after* the slowest of the 5 steps after one.",
+        "",
+        "| workload | run | steps | p50 | p99 | max | boundary | after | p99 / p50 of none "
+        "(<= 1.10) | p99 / own p50 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for workload, runs in exchanges.items():
+        for name, s in runs.items():
+            lines.append(
+                f"| {workload} | {name} | {s['n']} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | "
+                f"{_ms(s['max_ms'])} | {_ms(s.get('boundary_p50_ms'))} | "
+                f"{_ms(s.get('after_max_ms'))} | {s['p99_over_none_p50']:.2f} | "
+                f"{s['p99_over_own_p50']:.2f} |"
+            )
+    if priority_note:
+        lines += ["", priority_note]
+    return lines
+
+
+def _io_table(io):
+    if not io:
+        return []
+    lines = [
+        "",
+        "### One blocking publish and one blocking reload",
+        "",
+        "| workload | parameters | publish (median) | reload (median) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for workload, r in io.items():
+        lines.append(
+            f"| {workload} | {r['parameters']:,} | {_ms(r['publish_ms'])} | {_ms(r['reload_ms'])} |"
+        )
+    return lines
+
+
+START, END = "<!-- step_cost.py: start -->", "<!-- step_cost.py: end -->"
+
+
+def write_markdown(path, text, start=START, end=END):
+    """Writes `text` between the markers in `path`, keeping what surrounds them (the analysis).
+
+    Without markers in the file the block is appended; without a file it is created.
+    """
+    block = f"{start}\n{text}{end}\n"
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    if start in old and end in old:
+        block = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1 :]
+    elif old:
+        block = old.rstrip("\n") + "\n\n" + block
+    with open(path, "w") as f:
+        f.write(block)
+
+
+# ----------------------------------------------------------------------
+# Models and data.
 
 
 def build(framework, workload, seed):
@@ -100,541 +392,485 @@ def data(workload):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(w["batch"]).cache().repeat()
 
 
-def step_timer(callback_base):
-    class StepTimer(callback_base):
-        """Intervals between consecutive batch ends, minus time excluded by others."""
+def _sync(outputs):
+    """Waits for a step's results (on a GPU a call returns before its kernels finish)."""
+    import tensorflow as tf
 
-        def __init__(self):
-            super().__init__()
-            self.times, self.excluded, self._last = [], 0.0, None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._last = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.perf_counter()
-            if self._last is not None:
-                self.times.append(now - self._last - self.excluded)
-            self.excluded = 0.0
-            self._last = now
-
-    return StepTimer()
+    leaves = tf.nest.flatten(outputs)
+    if leaves:
+        np.asarray(leaves[0])
 
 
-class Variant:
-    """A compiled model plus how to run one timed epoch of it."""
-
-    def __init__(self, name, workload, exchange_dir):
-        import tf_keras as keras
-
-        self.name, self.workload = name, workload
-        self.dataset = data(workload)
-        loss = "sparse_categorical_crossentropy"
-        if name == "plain-keras3":
-            import keras as keras3
-
-            self.timer = step_timer(keras3.callbacks.Callback)
-            self.model = build("keras3", workload, 0)
-            self.model.compile(
-                optimizer=keras3.optimizers.Adam(1e-3),
-                loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            return
-        if name == "distiller":
-            import keras as keras3
-
-            self.timer = step_timer(keras3.callbacks.Callback)
-            self.model = keras3.distillation.Distiller(
-                teacher=build("keras3", workload, 1),
-                student=build("keras3", workload, 0),
-                distillation_losses=keras3.distillation.LogitsDistillation(temperature=1.0),
-                student_loss_weight=0.5,
-            )
-            self.model.compile(
-                optimizer=keras3.optimizers.Adam(1e-3),
-                loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            return
-        self.timer = step_timer(keras.callbacks.Callback)
-        student = build("tf_keras", workload, 0)
-        if name == "plain":
-            self.model = student
-        else:
-            import tf_codistill
-            from tf_codistill import exchange
-
-            peers = int(name.split("-")[1])
-            for g in range(1, peers + 1):
-                exchange.Publisher(
-                    build("tf_keras", workload, g), exchange.group_dir(exchange_dir, g)
-                ).publish(0)
-            self.model = tf_codistill.CodistillModel(
-                student,
-                group_index=0,
-                num_groups=peers + 1,
-                exchange_dir=exchange_dir,
-                burn_in_steps=0,
-                exchange_every_n_steps=10**9,  # No reloads while timing the step.
-            )
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        del loss
-
-    def epoch(self, steps):
-        start = len(self.timer.times)
-        self.model.fit(
-            self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[self.timer]
-        )
-        return statistics.median(self.timer.times[start:])
-
-
-def time_variants(workload, steps, repeats):
-    names = ["plain", "codistill-1", "codistill-3", "plain-keras3", "distiller"]
-    variants = [Variant(n, workload, tempfile.mkdtemp()) for n in names]
-    for v in variants:  # Trace and warm up.
-        v.epoch(max(5, steps // 5))
-    medians = {n: [] for n in names}
-    for _ in range(repeats):
-        for v in variants:
-            medians[v.name].append(v.epoch(steps))
-    ratios = {
-        n: statistics.median(m / p for m, p in zip(medians[n], medians["plain"], strict=True))
-        for n in names
-    }
-    # Each framework's distillation against its own plain student.
-    ratios["distiller-vs-keras3"] = statistics.median(
-        m / p for m, p in zip(medians["distiller"], medians["plain-keras3"], strict=True)
-    )
-    return {
-        "median_step_ms": {n: 1e3 * statistics.median(m) for n, m in medians.items()},
-        "per_repeat_ms": {n: [1e3 * t for t in m] for n, m in medians.items()},
-        "ratio_to_plain": ratios,
-    }
-
-
-def timed_fit(model, workload, publisher, run_steps, exchanges):
-    """Per-step times of `fit` (after a tracing fit of 20 steps).
-
-    With `exchanges`, the peer's `publisher` publishes just before each
-    exchange every 50 steps; its time is not counted.
-    """
-    import tf_keras as keras
-
-    timer = step_timer(keras.callbacks.Callback)
-
-    class PeerPublishes(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            step = int(self.model.optimizer.iterations.numpy())
-            if exchanges and (step + 1) % 50 == 0:
-                start = time.perf_counter()
-                publisher.publish(10**6 + step)
-                timer.excluded += time.perf_counter() - start
-
-    dataset = data(workload)
-    model.fit(dataset, epochs=1, steps_per_epoch=20, verbose=0)  # Trace.
-    timer.times.clear()
-    model.fit(
-        dataset, epochs=1, steps_per_epoch=run_steps, verbose=0, callbacks=[timer, PeerPublishes()]
-    )
-    return np.asarray(timer.times)
-
-
-def time_reloads(workload, run_steps, background):
-    """One reload's time, and the step-time distribution with a reload every 50 steps.
-
-    `background` selects the group's reload mode: blocking reloads at each
-    exchange boundary, or reads on a background thread into a spare teacher.
-    """
+def codistill_model(workload, exchange_dir, peers, **kwargs):
+    """A one-group CodistillModel whose `peers` peers have each published a checkpoint."""
     import tf_keras as keras
 
     import tf_codistill
     from tf_codistill import exchange
 
-    d = tempfile.mkdtemp()
-    peer = build("tf_keras", workload, 1)
-    publisher = exchange.Publisher(peer, exchange.group_dir(d, 1))
-    publisher.publish(0)
+    publishers = {}
+    for g in range(1, peers + 1):
+        publishers[g] = exchange.Publisher(
+            build("tf_keras", workload, g), exchange.group_dir(exchange_dir, g)
+        )
+        publishers[g].publish(0)
+    kwargs.setdefault("exchange_every_n_steps", 10**9)  # No exchanges unless asked.
     model = tf_codistill.CodistillModel(
         build("tf_keras", workload, 0),
         group_index=0,
-        num_groups=2,
-        exchange_dir=d,
+        num_groups=peers + 1,
+        exchange_dir=exchange_dir,
         burn_in_steps=0,
-        exchange_every_n_steps=50,
-        background_reload=background,
+        **kwargs,
     )
     model.compile(
         keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    reload_s = []
-    for step in range(1, 12):
-        publisher.publish(step)
-        start = time.perf_counter()
-        (outcome,) = model.reload_teachers()
-        reload_s.append(time.perf_counter() - start)
-        assert outcome.status == "loaded", outcome
-    times = timed_fit(model, workload, publisher, run_steps, exchanges=True)
-    loads = model.reload_counts[1]["loaded"]
+    return model, publishers
+
+
+def teacher_memory(model):
+    """Teacher copies (slots x buffers) and the bytes of their variables."""
+    pool = model.teacher_pool
+    copies = [pool.buffer(k, i) for k in range(pool.num_slots) for i in range(pool.buffers)]
+    nbytes = sum(int(np.prod(w.shape)) * w.dtype.size for t in copies for w in t.weights)
     return {
-        "mode": "background" if background else "blocking",
-        "reload_ms_median": 1e3 * statistics.median(reload_s[1:]),
-        "parameters": int(sum(np.prod(w.shape) for w in model.student.weights)),
-        "run_steps": run_steps,
-        "reloads_in_run": loads,
-        "p50_ms": 1e3 * float(np.percentile(times, 50)),
-        "p99_ms": 1e3 * float(np.percentile(times, 99)),
-        "max_ms": 1e3 * float(times.max()),
-        "p99_over_p50": float(np.percentile(times, 99) / np.percentile(times, 50)),
+        "slots": pool.num_slots,
+        "buffers": pool.buffers,
+        "copies": len(copies),
+        "bytes": nbytes,
     }
 
 
-def cpu_flags():
-    """The host's CPU model and whether it has bf16 instructions (/proc/cpuinfo)."""
-    model, flags_ = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags_:
-                    flags_ = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "avx512_bf16": "avx512_bf16" in flags_,
-        "amx_bf16": "amx_bf16" in flags_,
-    }
+# ----------------------------------------------------------------------
+# 1. Single steps, round-robin.
 
 
 class StepVariant:
-    """One variant's single step, as a callable timed on its own.
+    """One variant's single step, as a callable timed on its own (see the module doc)."""
 
-    Variants: `plain` (the student's tf_keras train step), `teacher-<dtype>`
-    (one teacher forward pass alone, in inference mode: the bound of what a
-    teacher adds), `teacherxla-<dtype>` (the same, XLA-compiled),
-    `codistill-1-<dtype>` (CodistillModel's train step with one peer, its
-    teacher in that precision). All on the same batch stream.
-    """
-
-    def __init__(self, name, workload, exchange_dir):
+    def __init__(self, name, workload, half):
         import tensorflow as tf
         import tf_keras as keras
 
-        import tf_codistill
-        from tf_codistill import exchange
         from tf_codistill import teachers
 
-        self.name = name
+        self.name, self.memory = name, None
         self.iterator = iter(data(workload))
-        adam = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        student = build("tf_keras", workload, 0)
-        kind, _, dtype = name.partition("-")
-        if kind == "plain":
-            student.compile(adam(), loss=loss)
-            self._fn = student.make_train_function()
-            self._call = lambda: self._fn(self.iterator)
+        if name.startswith("keras3-"):
+            self._init_keras3(name, workload)
             return
-        if kind in ("teacher", "teacherxla"):
-            teacher_dtype = None if dtype == "float32" else dtype
-            teacher = teachers.resolve_builder(student, None, teacher_dtype)()
-            teacher.trainable = False
-            forward = tf.function(
-                lambda x: tf.cast(teacher(x, training=False), tf.float32),
-                jit_compile=kind == "teacherxla",
+        if name == "plain":
+            student = build("tf_keras", workload, 0)
+            student.compile(
+                keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
+            fn = student.make_train_function()
+            self._call = lambda: fn(self.iterator)
+            return
+        if name.startswith("teacher"):
+            kind, _, dtype = name.partition("-")
+            student = build("tf_keras", workload, 0)
+            teacher = teachers.resolve_builder(student, None, dtype or None)()
+            teacher.trainable = False
+
+            # As in the train step: inference mode, logits cast to float32.
+            def forward(x):
+                return tf.reduce_sum(tf.cast(teacher(x, training=False), tf.float32))
+
+            forward = tf.function(forward, jit_compile=kind == "teacherxla")
             self._call = lambda: forward(next(self.iterator)[0])
             return
-        dtype = dtype.split("-")[-1]  # codistill-1-<dtype>
-        exchange.Publisher(
-            build("tf_keras", workload, 1), exchange.group_dir(exchange_dir, 1)
-        ).publish(0)
-        model = tf_codistill.CodistillModel(
-            student,
-            group_index=0,
-            num_groups=2,
-            exchange_dir=exchange_dir,
-            burn_in_steps=0,
-            teacher_dtype=None if dtype == "float32" else dtype,
+        peers, kwargs = {
+            "codistill-1": (1, {}),
+            f"codistill-1-{half}": (1, {"teacher_dtype": half}),
+            "codistill-3-all": (3, {"peer_selection": "all_peers"}),
+            "codistill-3-random": (3, {"peer_selection": "random_peer"}),
+            "codistill-3-round_robin": (3, {"peer_selection": "round_robin"}),
+        }[name]
+        model, _ = codistill_model(workload, tempfile.mkdtemp(), peers, **kwargs)
+        outcomes = model.reload_teachers()
+        if not all(o.status == "loaded" for o in outcomes):
+            raise RuntimeError(f"{name}: teachers not loaded: {outcomes}")
+        self.memory = teacher_memory(model)
+        fn = model.make_train_function()
+        self._call = lambda: fn(self.iterator)
+
+    def _init_keras3(self, name, workload):
+        import keras as keras3
+
+        student = build("keras3", workload, 0)
+        if name == "keras3-plain":
+            model = student
+        else:
+            model = keras3.distillation.Distiller(
+                teacher=build("keras3", workload, 1),
+                student=student,
+                distillation_losses=keras3.distillation.LogitsDistillation(temperature=1.0),
+                student_loss_weight=0.5,
+            )
+        model.compile(
+            optimizer=keras3.optimizers.Adam(1e-3),
+            loss=keras3.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        model.compile(adam(), loss=loss)
-        assert model.reload_teachers()[0].status == "loaded"
-        self._fn = model.make_train_function()
-        self._call = lambda: self._fn(self.iterator)
+        # Builds the model, its optimizer and its train function as fit does.
+        model.fit(data(workload), steps_per_epoch=2, epochs=1, verbose=0)
+        self._call = lambda: model.train_function(self.iterator)
 
     def step(self):
         start = time.perf_counter()
-        self._call()  # On CPU a tf.function returns when its ops are done.
+        _sync(self._call())
         return time.perf_counter() - start
 
 
-def time_steps(workload, rounds, dtypes, xla=True):
-    """p50/p99 of single steps, the variants taking turns step by step."""
-    names = ["plain"]
-    for dtype in dtypes:
-        names += [f"teacher-{dtype}", f"codistill-1-{dtype}"]
-    if xla:  # The teacher forward alone, XLA-compiled: would compiling it pay?
-        names += [f"teacherxla-{dtype}" for dtype in dtypes]
-    variants = [StepVariant(n, workload, tempfile.mkdtemp()) for n in names]
+def step_variants(half, keras3, xla):
+    names = [
+        "plain",
+        "teacher",
+        f"teacher-{half}",
+        "codistill-1",
+        f"codistill-1-{half}",
+        "codistill-3-all",
+        "codistill-3-random",
+        "codistill-3-round_robin",
+    ]
+    if keras3:
+        names += ["keras3-plain", "keras3-distiller"]
+    if xla:
+        names += ["teacherxla", f"teacherxla-{half}"]
+    return names
+
+
+def time_steps(workload, rounds, half, keras3, xla, warmup=5):
+    """Round-robin single steps of every variant; ratios and teacher memory."""
+    variants = []
+    for name in step_variants(half, keras3, xla):
+        print(f"  building {name}", flush=True)
+        variants.append(StepVariant(name, workload, half))
     for v in variants:  # Trace and warm up.
-        for _ in range(5):
+        for _ in range(warmup):
             v.step()
-    times = {n: [] for n in names}
-    for _ in range(rounds):
-        for v in variants:
+    times = {v.name: [] for v in variants}
+    for i in range(rounds):
+        # Rotate the starting variant so none always follows the same one.
+        for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
             times[v.name].append(v.step())
-    plain = statistics.median(times["plain"])
-    result = {}
-    for n, t in times.items():
-        t = np.asarray(t)
-        result[n] = {
-            "p50_ms": 1e3 * float(np.percentile(t, 50)),
-            "p99_ms": 1e3 * float(np.percentile(t, 99)),
-            "p50_over_plain": float(np.percentile(t, 50) / plain),
-        }
-    for dtype in dtypes:
-        overhead = result[f"codistill-1-{dtype}"]["p50_over_plain"] - 1
-        bound = result[f"teacher-{dtype}"]["p50_over_plain"]
-        result[f"codistill-1-{dtype}"]["overhead"] = overhead
-        result[f"codistill-1-{dtype}"]["over_bound"] = (1 + overhead) / (1 + bound)
+    result = step_ratios(times, half)
+    result["memory"] = {v.name: v.memory for v in variants if v.memory}
+    # Without background reloads each slot keeps one buffer (not timed).
+    for rule in ("all", "random"):
+        model, _ = codistill_model(
+            workload,
+            tempfile.mkdtemp(),
+            3,
+            peer_selection="all_peers" if rule == "all" else "random_peer",
+            background_reload=False,
+        )
+        result["memory"][f"codistill-3-{rule}, blocking reload"] = teacher_memory(model)
+    result["raw_ms"] = {n: [round(1e3 * t, 3) for t in ts] for n, ts in times.items()}
     return result
 
 
-def time_exchange_run(workload, run_steps, exchanges, background_publish=True):
-    """Per-step times of a one-peer run, with an exchange every 50 steps or none.
+# ----------------------------------------------------------------------
+# 2. Exchange runs.
 
-    With exchanges, the group publishes its own checkpoint and reloads its
-    peer (background reads), the peer publishing just before each boundary
-    (its write not counted).
-    """
-    import tf_keras as keras
 
-    import tf_codistill
+def _helper_threads():
+    """The library's helper threads (publish, prefetch and exchange I/O)."""
+    return [t for t in threading.enumerate() if t.name.startswith("tf_codistill")]
+
+
+def can_restore_priority():
+    """Whether this process may raise a thread's priority back after lowering it."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return False
+    ok = []
+
+    def probe():
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, before + 1))
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return ok[0]
+
+
+def set_helper_priority(increment):
+    """Sets the helper threads' nice to the process's plus `increment` (0: back to it)."""
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    for t in _helper_threads():
+        if t.native_id is not None:
+            os.setpriority(os.PRIO_PROCESS, t.native_id, nice)
+    return nice
+
+
+class ExchangeRun:
+    """A one-peer CodistillModel trained step by step with `fit`'s callbacks."""
+
+    def __init__(self, name, workload, nice_increment=0, **kwargs):
+        import tf_keras as keras
+
+        from tf_codistill import callbacks as callbacks_lib
+
+        self.name, self.nice_increment = name, nice_increment
+        self.low_priority = nice_increment > 0
+        exchanges = name != "none"
+        self.model, publishers = codistill_model(
+            workload,
+            tempfile.mkdtemp(),
+            1,
+            exchange_every_n_steps=EXCHANGE_EVERY if exchanges else 10**9,
+            **kwargs,
+        )
+        self.peer = publishers[1] if exchanges else None
+        self.iterator = iter(data(workload))
+        self.fn = self.model.make_train_function()
+        self.callbacks = keras.callbacks.CallbackList(
+            callbacks_lib.with_exchange([], self.model.exchange_every_n_steps),
+            model=self.model,
+        )
+        self.model.optimizer.iterations.assign(WARMUP_START)
+        self.callbacks.on_train_begin()
+        self.callbacks.on_epoch_begin(0)
+        self.times, self.boundary, self.after = [], [], []
+        self.batch, self.nice = 0, None
+        self._since_boundary = AFTER
+
+    @property
+    def step_count(self):
+        return WARMUP_START + self.batch
+
+    def step(self):
+        """One step with its callbacks; returns its time. The peer publishes first, untimed."""
+        next_step = self.step_count + 1
+        if self.peer is not None and next_step % EXCHANGE_EVERY == 0:
+            self.peer.publish(next_step)
+        start = time.perf_counter()
+        self.callbacks.on_train_batch_begin(self.batch)
+        logs = self.fn(self.iterator)
+        _sync(logs)
+        self.callbacks.on_train_batch_end(self.batch, logs)
+        seconds = time.perf_counter() - start
+        self.batch += 1
+        return seconds, next_step
+
+    def run(self, steps, timed=True):
+        if self.low_priority:
+            self.nice = set_helper_priority(self.nice_increment)
+        try:
+            for _ in range(steps):
+                seconds, step = self.step()
+                if not timed:
+                    continue
+                self.times.append(seconds)
+                if self.peer is not None and step % EXCHANGE_EVERY == 0:
+                    self.boundary.append(seconds)
+                    self._since_boundary = 0
+                elif self._since_boundary < AFTER:
+                    self.after.append(seconds)
+                    self._since_boundary += 1
+        finally:
+            if self.low_priority:
+                set_helper_priority(0)
+
+    def finish(self):
+        # As fit ends an epoch: the exchange callback notes the distillation weight.
+        self.callbacks.on_epoch_end(0, dict(self.model.get_metrics_result()))
+        self.callbacks.on_train_end()
+        counts = self.model.reload_counts.get(1, {})
+        return {
+            "times": self.times,
+            "boundary": self.boundary,
+            "after": self.after,
+            "reloads": counts.get("loaded", 0),
+        }
+
+
+def exchange_runs(low_priority):
+    runs = [
+        ("none", {}),
+        ("blocking", dict(background_reload=False)),
+        ("background reads", dict(background_reload=True)),
+        ("background", dict(background_reload=True, background_publish=True)),
+    ]
+    if low_priority:
+        runs.append(("background, low prio", dict(background_reload=True, background_publish=True)))
+    return runs
+
+
+def time_exchanges(workload, blocks, nice_increment):
+    """The exchange runs (with the low-priority one if `nice_increment` > 0)."""
+    runs = [
+        ExchangeRun(
+            name,
+            workload,
+            nice_increment=nice_increment if name.endswith("low prio") else 0,
+            **kwargs,
+        )
+        for name, kwargs in exchange_runs(nice_increment > 0)
+    ]
+    # Warm-up: from step 45 through the boundary at 50 (traces the step, starts
+    # the helper threads) to the first block's start.
+    for r in runs:
+        r.run(FIRST_BLOCK - WARMUP_START, timed=False)
+    for i in range(blocks):
+        # Rotate the order so that no run always follows the same one.
+        for r in runs[i % len(runs) :] + runs[: i % len(runs)]:
+            r.run(EXCHANGE_EVERY)
+    raw = {r.name: r.finish() for r in runs}
+    for r in runs:
+        if r.low_priority:
+            raw[r.name]["priority"] = f"helper threads at nice {r.nice} during its blocks"
+    return exchange_summary(raw)
+
+
+# ----------------------------------------------------------------------
+# 3. One publish, one reload.
+
+
+def time_io(workload, repeats=7):
+    """Median time of one blocking publish of the student and one blocking reload."""
     from tf_codistill import exchange
 
-    d = tempfile.mkdtemp()
-    publisher = exchange.Publisher(build("tf_keras", workload, 1), exchange.group_dir(d, 1))
-    publisher.publish(0)
-    model = tf_codistill.CodistillModel(
-        build("tf_keras", workload, 0),
-        group_index=0,
-        num_groups=2,
-        exchange_dir=d,
-        burn_in_steps=0,
-        exchange_every_n_steps=50 if exchanges else 10**9,
-        background_publish=background_publish,
-    )
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    times = timed_fit(model, workload, publisher, run_steps, exchanges)
-    return {
-        "steps": len(times),
-        "p50_ms": 1e3 * float(np.percentile(times, 50)),
-        "p99_ms": 1e3 * float(np.percentile(times, 99)),
-        "max_ms": 1e3 * float(times.max()),
-        "reloads": model.reload_counts[1]["loaded"],
+    model, publishers = codistill_model(workload, tempfile.mkdtemp(), 1, background_reload=False)
+    writer = exchange.Publisher(model.student, exchange.group_dir(tempfile.mkdtemp(), 0))
+    publish_s, reload_s = [], []
+    for step in range(1, repeats + 1):
+        start = time.perf_counter()
+        writer.publish(step)
+        publish_s.append(time.perf_counter() - start)
+        publishers[1].publish(step)
+        start = time.perf_counter()
+        (outcome,) = model.reload_teachers()
+        reload_s.append(time.perf_counter() - start)
+        if outcome.status != "loaded":
+            raise RuntimeError(f"reload {step}: {outcome}")
+    return {  # The first of each is a warm-up.
+        "parameters": int(sum(np.prod(w.shape) for w in model.student.weights)),
+        "publish_ms": 1e3 * statistics.median(publish_s[1:]),
+        "reload_ms": 1e3 * statistics.median(reload_s[1:]),
     }
 
 
-def steps_markdown(results):
-    m = results["machine"]
-    lines = [
-        "## Single steps, round-robin (`benchmarks/step_cost.py --mode=steps`)",
-        "",
-        f"Machine: {m['cores']} vCPUs, {m['cpu']} (AVX512_BF16: "
-        f"{'yes' if m['avx512_bf16'] else 'no'}, AMX: {'yes' if m['amx_bf16'] else 'no'}), "
-        f"{m['gpus']} GPUs; TensorFlow {m['tensorflow']}. Measured {results['date']} with "
-        f"`python benchmarks/step_cost.py {results['args']}`, **on a shared, loaded machine "
-        f"(load average {results['load']:.1f} on {m['cores']} vCPUs at the start): indicative "
-        "only**.",
-        "",
-        "Each variant runs one step in turn (same process, same batch stream); p50 over "
-        "plain is the ratio of medians; *overhead* is codistill-1's p50 over plain minus 1; "
-        "*over bound* is codistill-1 / (plain + teacher forward).",
-        "",
-        "| workload | variant | p50 | p99 | p50 / plain | overhead | over bound |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for workload, r in results["steps"].items():
-        for name, v in r.items():
-            lines.append(
-                f"| {workload} | {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | "
-                f"{v['p50_over_plain']:.3f}x | "
-                + (f"{v['overhead']:.3f} | {v['over_bound']:.3f}x |" if "overhead" in v else "| |")
-            )
-    lines += [
-        "",
-        "One peer, exchange every 50 steps (own publish + peer reload in the background) or "
-        "none; per-step times from `fit`:",
-        "",
-        "| workload | run | steps | reloads | p50 | p99 | max | p99 / p50 of the run "
-        "without exchanges |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for workload, runs in results["exchange_runs"].items():
-        base = runs["no exchanges"]["p50_ms"]
-        for name, r in runs.items():
-            lines.append(
-                f"| {workload} | {name} | {r['steps']} | {r['reloads']} | {r['p50_ms']:.2f} ms | "
-                f"{r['p99_ms']:.2f} ms | {r['max_ms']:.2f} ms | {r['p99_ms'] / base:.2f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def steps_main():
-    results = {
-        "machine": {**machine(), **cpu_flags()},
-        "date": time.strftime("%Y-%m-%d"),
-        "args": " ".join(sys.argv[1:]),
-        "load": os.getloadavg()[0],
-        "steps": {},
-        "exchange_runs": {},
-    }
-    for workload in FLAGS.workloads:
-        print(f"[{workload}] single steps, {FLAGS.rounds} rounds", flush=True)
-        results["steps"][workload] = time_steps(workload, FLAGS.rounds, ["float32", "bfloat16"])
-        print(json.dumps(results["steps"][workload]), flush=True)
-        runs = {}
-        for name, exchanges, background in (
-            ("no exchanges", False, True),
-            ("exchanges, blocking publish", True, False),
-            ("exchanges, background publish", True, True),
-        ):
-            steps = FLAGS.exchange_run_steps
-            runs[name] = time_exchange_run(workload, steps, exchanges, background)
-            print(name, json.dumps(runs[name]), flush=True)
-        results["exchange_runs"][workload] = runs
-    text = steps_markdown(results)
-    print(text)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
-    if FLAGS.markdown:
-        write_markdown(FLAGS.markdown, text, STEPS_START, STEPS_END)
+# ----------------------------------------------------------------------
 
 
 def machine():
+    import keras as keras3
     import tensorflow as tf
+    import tf_keras
 
-    cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            cpu = parse_cpuinfo(f.read())
+    except OSError:
+        cpu = parse_cpuinfo("")
     return {
-        "cpu": cpu,
+        **cpu,
         "cores": os.cpu_count(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "keras3": keras3.__version__,
         "python": platform.python_version(),
     }
 
 
-def markdown(results):
-    m = results["machine"]
-    lines = [
-        "# Benchmarks",
-        "",
-        "## Step cost of codistillation (`benchmarks/step_cost.py`)",
-        "",
-        f"Machine: {m['cores']} CPU cores ({m['cpu']}), {m['gpus']} GPUs; TensorFlow "
-        f"{m['tensorflow']}, Python {m['python']}. Measured {results['date']} with "
-        f"`python benchmarks/step_cost.py {results['args']}`.",
-        "",
-        "Median step time of `plain` (tf_keras `student.fit`), and each variant's step time as a",
-        "ratio to `plain` (median over the interleaved repeats of the within-repeat ratio):",
-        "",
-        "| workload | plain step | codistill, 1 peer | codistill, 3 peers "
-        "| Keras 3 plain | Keras 3 Distiller (1 teacher) | Distiller / Keras 3 plain |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for workload, r in results["step_cost"].items():
-        ratio = r["ratio_to_plain"]
-        lines.append(
-            f"| {workload} | {r['median_step_ms']['plain']:.2f} ms | {ratio['codistill-1']:.3f}x | "
-            f"{ratio['codistill-3']:.3f}x | {ratio['plain-keras3']:.3f}x | "
-            f"{ratio['distiller']:.3f}x | {ratio['distiller-vs-keras3']:.3f}x |"
-        )
-    lines += [
-        "",
-        "Teacher reloads (one peer, from a checkpoint on local disk):",
-        "",
-        "| workload, reload mode | parameters | one blocking reload (median) | steps | reloads "
-        "| p50 step | p99 step | p99 / p50 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for workload, r in results["reloads"].items():
-        lines.append(
-            f"| {workload} | {r['parameters']:,} | {r['reload_ms_median']:.1f} ms "
-            f"| {r['run_steps']} | "
-            f"{r['reloads_in_run']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | "
-            f"{r['p99_over_p50']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+def _now():
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime())
 
 
 def main(argv):
     del argv
-    if FLAGS.mode == "steps":
-        steps_main()
-        return
+    import tensorflow as tf
+
+    m = machine()
+    device = FLAGS.device or ("/GPU:0" if m["gpus"] else "/CPU:0")
+    half = FLAGS.half_dtype or ("float16" if device.upper().startswith("/GPU") else "bfloat16")
+    low_priority = FLAGS.low_priority and can_restore_priority()
     results = {
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": m,
+        "device": device,
+        "half_dtype": half,
         "args": " ".join(sys.argv[1:]),
-        "step_cost": {},
-        "reloads": {},
+        "start": _now(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+        "load_before": list(os.getloadavg()),
+        "steps": {},
+        "exchanges": {},
+        "io": {},
     }
-    for workload in FLAGS.workloads:
-        steps = FLAGS.mlp_steps if workload == "mlp" else FLAGS.lstm_steps
-        print(
-            f"[{workload}] timing 4 variants x {FLAGS.repeats} epochs of {steps} steps", flush=True
+    if FLAGS.low_priority and not low_priority:
+        results["priority_note"] = (
+            "The low-priority experiment was skipped: this process may not raise a "
+            "thread's priority back (needs root or CAP_SYS_NICE)."
         )
-        results["step_cost"][workload] = time_variants(workload, steps, FLAGS.repeats)
-        print(json.dumps(results["step_cost"][workload]["ratio_to_plain"]), flush=True)
-        run_steps = FLAGS.reload_run_steps if workload == "mlp" else FLAGS.reload_run_steps // 4
-        for background in (False, True):
-            mode = "background" if background else "blocking"
-            print(f"[{workload}] {mode} reloads: {run_steps} steps, one every 50", flush=True)
-            r = time_reloads(workload, run_steps, background)
-            results["reloads"][f"{workload}, {mode}"] = r
-            print(json.dumps(r), flush=True)
+    with tf.device(device):
+        for workload in FLAGS.workloads:
+            rounds = FLAGS.mlp_rounds if workload == "mlp" else FLAGS.lstm_rounds
+            blocks = FLAGS.mlp_blocks if workload == "mlp" else FLAGS.lstm_blocks
+            if "steps" in FLAGS.parts:
+                print(f"[{workload}] single steps, {rounds} rounds ({_now()})", flush=True)
+                r = time_steps(workload, rounds, half, FLAGS.keras3, FLAGS.xla_teacher)
+                results["steps"][workload] = r
+                print(json.dumps(r["derived"]), flush=True)
+            if "exchanges" in FLAGS.parts:
+                print(f"[{workload}] exchange runs, {blocks} blocks ({_now()})", flush=True)
+                results["exchanges"][workload] = time_exchanges(
+                    workload, blocks, FLAGS.nice_increment if low_priority else 0
+                )
+                print(json.dumps(results["exchanges"][workload]), flush=True)
+            if "io" in FLAGS.parts:
+                results["io"][workload] = time_io(workload)
+    results["end"] = _now()
+    results["load_after"] = list(os.getloadavg())
     text = markdown(results)
     print(text)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(results, f, indent=1)
     if FLAGS.markdown:
         write_markdown(FLAGS.markdown, text)
 
 
-START, END = "<!-- step_cost.py: start -->", "<!-- step_cost.py: end -->"
-STEPS_START, STEPS_END = "<!-- step_cost.py steps: start -->", "<!-- step_cost.py steps: end -->"
-
-
-def write_markdown(path, text, start=START, end=END):
-    """Writes the tables between the markers, keeping what surrounds them (the analysis)."""
-    START, END = start, end  # noqa: N806
-    block = f"{START}\n{text}{END}\n"
-    try:
-        with open(path) as f:
-            old = f.read()
-    except FileNotFoundError:
-        old = ""
-    if START in old and END in old:
-        block = old[: old.index(START)] + block + old[old.index(END) + len(END) + 1 :]
-    elif old:
-        block = old.rstrip("\n") + "\n\n" + block  # Added after what is there.
-    with open(path, "w") as f:
-        f.write(block)
+def define_flags():
+    """The program's flags (defined only when run, so tests can import the helpers)."""
+    flags.DEFINE_list("workloads", ["mlp", "lstm"], "Which models to time.")
+    flags.DEFINE_list(
+        "parts", ["steps", "exchanges", "io"], "Which measurements (1, 2, 3 of the module doc)."
+    )
+    flags.DEFINE_integer("mlp_rounds", 150, "Timed single steps per variant, MLP.")
+    flags.DEFINE_integer("lstm_rounds", 40, "Timed single steps per variant, LSTM.")
+    flags.DEFINE_integer("mlp_blocks", 6, "Exchange runs: timed 50-step blocks per run, MLP.")
+    flags.DEFINE_integer("lstm_blocks", 2, "Exchange runs: timed 50-step blocks per run, LSTM.")
+    flags.DEFINE_string(
+        "device", None, "Where to run, e.g. /GPU:0 or /CPU:0 (default: GPU if any)."
+    )
+    flags.DEFINE_enum(
+        "half_dtype",
+        None,
+        ["bfloat16", "float16"],
+        "Teacher precision to compare with float32 (default: float16 on a GPU, else bfloat16).",
+    )
+    flags.DEFINE_bool("keras3", True, "Also time Keras 3's plain step and its Distiller.")
+    flags.DEFINE_bool("xla_teacher", False, "Also time the teacher forward XLA-compiled.")
+    flags.DEFINE_bool(
+        "low_priority", True, "Exchange runs: also the experiment with low-priority helper threads."
+    )
+    flags.DEFINE_integer("nice_increment", 9, "How much lower (nice) the helper threads run.")
+    flags.DEFINE_string("json", None, "Write raw results here.")
+    flags.DEFINE_string("markdown", None, "Write the tables here (e.g. docs/benchmarks.md).")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
