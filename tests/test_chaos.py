@@ -196,8 +196,15 @@ def test_kill_restart_and_corruption_while_codistilling(tmp_path):
     # Group 1's steps from the kill to its first teacher from the restarted group 0.
     down_steps = _last_step_before(lines, after[0][0]) - _last_step_before(lines, killed_at)
     # ... so the staleness rose by about the steps group 1 made meanwhile,
+    # less the steps the restarted group 0's first checkpoint is ahead of the
+    # last one read before the kill. On a loaded host group 1 may make no
+    # step while group 0 restarts (seen in CI: 0 steps, a 20-step jump, the
+    # staleness fell by 19): only a downtime longer than twice the jump
+    # shows a rise.
     rise = after[0][2] - before[-1][2]
-    assert rise >= down_steps / 2, (before[-1], after[0], down_steps)
+    jump = after[0][1] - before[-1][1]
+    if down_steps > 2 * max(jump, 0):
+        assert rise >= down_steps / 2, (before[-1], after[0], down_steps)
     # and fell again as the restarted group 0 caught up: by 200 steps at
     # least, 40 of group 1's exchange intervals (a reload's staleness varies
     # by a few intervals; with equal speeds it would not fall at all).
