@@ -69,6 +69,8 @@ def configured():
             "study.Workload.name = 'fake'",
             "study.Workload.batch = 64",
             "study.Workload.train_steps = 200",
+            # As often as the curves below have points.
+            "study.Workload.eval_every = 10",
         ]
     )
     yield runner_lib.Workload()
@@ -92,6 +94,9 @@ def test_c1_finds_b_star_where_doubling_stops_helping(configured):
     assert report.raw["tuned_lr"] == {32: 0.002, 64: 0.002, 128: 0.002, 256: 0.002}
     assert report.raw["b_star"] == 128
     assert "**B\\* = 128**" in report.markdown and "| 256 |" in report.markdown
+    # 0.002 is the top of the grid at every size: B* comes with a caution.
+    assert len(report.raw["caveats"]) == 1 and "grid's edge" in report.raw["caveats"][0]
+    assert "**Caution:** the tuned learning rate" in report.markdown
     # Seed 0 at both learning rates (tuning), then seed 1 at the tuned one.
     assert {(r.batch, r.learning_rate, r.seed) for r in runner.trained} >= {
         (32, 0.001, 0),
@@ -121,6 +126,16 @@ def test_c1_small_batches_train_for_min_examples(configured):
     assert report.raw["b_star"] == 128
     budget = dict(next(r for r in ctx.runner.trained if r.batch == 32).overrides)
     assert budget["steps_per_loop"] == configured.eval_every * 10
+
+
+def test_c1_warns_when_the_target_is_reached_at_the_first_evaluations(configured):
+    # Every size at least 10x faster than above: B = 256 reaches 1.5 by step 20,
+    # the second evaluation (every 10 steps).
+    runner = FakeRunner(lambda run, groups, split: curve(2.0, 1.0, 10 * speed_of(run)))
+    ctx = experiments.Context(configured, runner, seeds=1)
+    report = experiments.c1_saturation(ctx, batch_sizes=[32, 64, 128, 256], target=1.5)
+    assert report.raw["b_star"] is not None
+    assert any("too easy" in c for c in report.raw["caveats"]), report.raw["caveats"]
 
 
 def test_c1_says_so_when_nothing_saturates(configured):

@@ -157,6 +157,26 @@ def tuned_lr(ctx: Context, batch: int, **overrides) -> tuple[float, list[dict[st
     return best_row["lr"], table
 
 
+def _b_star_caveats(b_star, grids, means, eval_every: int) -> list[str]:
+    """Why a B* found may not be one: an untuned rate, or a target too easy to resolve."""
+    if not b_star:
+        return []
+    caveats = []
+    pair = (b_star, 2 * b_star)
+    if any(r.get("at_grid_edge") for b in pair for r in grids[b]):
+        caveats.append(
+            f"the tuned learning rate of B = {b_star} or {2 * b_star} is at its grid's edge: "
+            "widen the grid (study.lr_grid.grid) before trusting B*."
+        )
+    if means[2 * b_star] <= 2 * eval_every:
+        caveats.append(
+            f"B = {2 * b_star} reached the target within two evaluations (every {eval_every} "
+            "steps): the target is too easy to tell the sizes apart; lower it "
+            "(study.c1_saturation.target) or evaluate more often."
+        )
+    return caveats
+
+
 def _lr_note(lr: float, table: Sequence[dict[str, Any]]) -> str:
     """`tuned LR x`, or says that a grid of one value tuned nothing."""
     return f"tuned LR {lr:g}" if len(table) > 1 else f"LR {lr:g}, not tuned (a grid of one)"
@@ -341,7 +361,8 @@ def c1_saturation(
         else f"**Not saturated** within {list(batch_sizes)}: doubling the batch still cut "
         f"the steps by more than {1 / saturation_ratio:.2f}x at every size."
     )
-    rows += ["", verdict]
+    caveats = _b_star_caveats(b_star, grids, means, w.eval_every)
+    rows += ["", verdict] + [f"**Caution:** {c}" for c in caveats]
     raw = {
         "target": target,
         "tuned_lr": tuned,
@@ -349,6 +370,7 @@ def c1_saturation(
         "steps": steps,
         "mean_steps": means,
         "b_star": b_star,
+        "caveats": caveats,
     }
     plots = [
         (
