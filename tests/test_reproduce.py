@@ -242,6 +242,42 @@ def test_recipe_shares_per_seed(configured):
     assert report.raw["best"] == "w2"
 
 
+def test_recipe_variant_with_its_own_learning_rate_and_its_speed_up(configured):
+    def make(run, groups, split):
+        if not run.codistill:
+            # Sync SGD at 2B (batch 128) is the best baseline: floor 1.08.
+            floor = 1.08 if run.batch == 128 else (1.00 if len(groups) > 1 else 1.10)
+            return curve(2.0, floor, 0.03)
+        # The variant's own rate doubles its speed.
+        return curve(2.0, 1.05, 0.06 if run.learning_rate == 0.004 else 0.03)
+
+    runner = FakeRunner(make)
+    ctx = experiments.Context(configured, runner, seeds=2)
+    variants = {"w1": {}, "fast": {"learning_rate": 0.004}}
+    report = experiments.recipe(ctx, variants=variants, batch=64)
+    fast = [r for r in runner.trained if r.codistill and r.learning_rate == 0.004]
+    assert len(fast) == 2 and all("learning_rate" not in dict(r.overrides) for r in fast)
+    # The independent pair and "w1" keep sync SGD's tuned rate at B.
+    assert {r.learning_rate for r in runner.trained if r.num_groups == 2} == {0.001, 0.004}
+    # Sync SGD at B and 2B trained with every seed: C2's baselines.
+    assert {(r.batch, r.seed) for r in runner.trained if r.num_groups == 1} >= {
+        (b, s) for b in (64, 128) for s in (0, 1)
+    }
+    raw = report.raw
+    target = min(v for _, v in curve(2.0, 1.08, 0.03))
+    assert raw["target"] == pytest.approx(target) and raw["sync_steps"] == 200
+    slow = next(s for s, v in curve(2.0, 1.05, 0.03) if v <= target)
+    quick = next(s for s, v in curve(2.0, 1.05, 0.06) if v <= target)
+    assert raw["variants"]["w1"]["steps_to_target"] == slow
+    assert raw["variants"]["fast"]["speedup"] == pytest.approx(200 / quick)
+    assert "| fast | learning_rate=0.004 |" in report.markdown
+    assert "speed-up vs best sync" in report.markdown
+    without = experiments.recipe(
+        experiments.Context(configured, FakeRunner(make), seeds=2), variants, 64, speedup=False
+    )
+    assert "speed-up" not in without.markdown and "target" not in without.raw
+
+
 def test_c5_reports_the_teachers_age(configured):
     def make(run, groups, split):
         if not run.codistill:

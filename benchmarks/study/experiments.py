@@ -268,6 +268,29 @@ def capture(single: float, ensemble: float, candidate: float) -> float:
     return float("nan") if not gain > 0 else (single - candidate) / gain
 
 
+def _sync_runs(ctx: Context, batch: int, lr_b: float, lr_2b: Optional[float]) -> dict:
+    """Sync SGD at B (and at 2B unless `lr_2b` is None), every seed: the speed-up's baselines."""
+    runs = {"sync_b": [sync(ctx, batch, lr_b, s) for s in seeds(ctx)]}
+    if lr_2b is not None:
+        runs["sync_2b"] = [sync(ctx, 2 * batch, lr_2b, s) for s in seeds(ctx)]
+    return runs
+
+
+def _read_syncs(ctx: Context, batch: int, runs: dict) -> dict[str, Arm]:
+    labels = {
+        "sync_b": f"sync SGD, batch B = {batch}",
+        "sync_2b": f"sync SGD, batch 2B = {2 * batch}",
+    }
+    return {key: read_group(ctx, rs, 0, labels[key]) for key, rs in runs.items()}
+
+
+def _best_sync(arms: dict[str, Arm]) -> tuple[str, float, Optional[float]]:
+    """The best sync baseline (lowest early-stopped loss), that loss (the target), its steps."""
+    best = min((k for k in arms if k.startswith("sync_")), key=lambda k: arms[k].stopped_loss()[0])
+    target = arms[best].stopped_loss()[0]
+    return best, target, steps_to(arms[best].mean, target)
+
+
 # ----------------------------------------------------------------------------
 # C1: saturation.
 
@@ -442,23 +465,17 @@ def c2_speedup(
     batch = batch or w.batch
     lr_b, grid_b = tuned_lr(ctx, batch)
     lr_2b = tuned_lr(ctx, 2 * batch)[0] if double_batch else None
-    sync_b = [sync(ctx, batch, lr_b, s) for s in seeds(ctx)]
-    sync_2b = [sync(ctx, 2 * batch, lr_2b, s) for s in seeds(ctx)] if double_batch else []
+    syncs = _sync_runs(ctx, batch, lr_b, lr_2b)
     ind = [independent(ctx, batch, lr_b, s) for s in seeds(ctx)]
     cods = {n: [codistill(ctx, batch, lr_b, s, n, **recipe) for s in seeds(ctx)] for n in groups}
-    runs = sync_b + sync_2b + ind + [r for n in groups for r in cods[n]]
+    runs = [r for rs in syncs.values() for r in rs] + ind + [r for n in groups for r in cods[n]]
     ctx.runner.train(runs)
-    arms = {"sync_b": read_group(ctx, sync_b, 0, f"sync SGD, batch B = {batch}")}
-    if double_batch:
-        arms["sync_2b"] = read_group(ctx, sync_2b, 0, f"sync SGD, batch 2B = {2 * batch}")
+    arms = _read_syncs(ctx, batch, syncs)
     arms["single"] = read_groups(ctx, ind, "one group alone (same seeds, shard, order)")
     arms["ensemble"] = read_ensemble(ctx, ind, "2-way ensemble of the independent groups")
     for n in groups:
         arms[f"cod{n}"] = read_groups(ctx, cods[n], f"{n}-way codistillation (each group)")
-    syncs = ("sync_b", "sync_2b") if double_batch else ("sync_b",)
-    best_sync = min(syncs, key=lambda k: arms[k].stopped_loss()[0])
-    target = arms[best_sync].stopped_loss()[0]
-    sync_steps = steps_to(arms[best_sync].mean, target)
+    best_sync, target, sync_steps = _best_sync(arms)
     ens_loss = arms["ensemble"].stopped_loss()[0]
     single_loss = arms["single"].stopped_loss()[0]
     single_to_ens = steps_to(arms["single"].mean, ens_loss)
@@ -566,37 +583,54 @@ def recipe(
     ctx: Context,
     variants: dict = gin.REQUIRED,
     batch: Optional[int] = None,
+    speedup: bool = True,
 ) -> Report:
     """Codistillation settings against the share of the ensemble's gain each captures.
 
     Args:
       variants: name -> codistillation bindings (`distill_weight`,
         `burn_in_steps`, `exchange_every_n_steps`, `distill_loss`, ...).
+        Two keys are not bindings: `groups` (N-way) and `learning_rate`
+        (the codistilling groups' own Adam rate; default: sync SGD's tuned
+        rate at B, which the independent pair uses too).
       batch: B (default: the workload's).
+      speedup: also report each variant's steps to the best sync baseline's
+        loss (C2's target and runs: sync SGD at B and 2B, tuned).
     """
     w = ctx.workload
     batch = batch or w.batch
     lr, _ = tuned_lr(ctx, batch)
+    syncs = _sync_runs(ctx, batch, lr, tuned_lr(ctx, 2 * batch)[0]) if speedup else {}
     ind = [independent(ctx, batch, lr, s) for s in seeds(ctx)]
-    cods = {
-        name: [codistill(ctx, batch, lr, s, **kw) for s in seeds(ctx)]
-        for name, kw in variants.items()
-    }
-    runs = ind + [r for rs in cods.values() for r in rs]
+    cods = {}
+    for name, kw in variants.items():
+        kw = dict(kw)
+        own_lr = kw.pop("learning_rate", lr)
+        cods[name] = [codistill(ctx, batch, own_lr, s, **kw) for s in seeds(ctx)]
+    runs = [r for rs in syncs.values() for r in rs] + ind + [r for rs in cods.values() for r in rs]
     ctx.runner.train(runs)
     single = read_groups(ctx, ind, "one group alone")
     ensemble = read_ensemble(ctx, ind, "2-way ensemble")
     single_loss, ens_loss = single.stopped_loss()[0], ensemble.stopped_loss()[0]
+    raw = {"batch": batch, "lr": lr, "single": single_loss, "ensemble": ens_loss, "variants": {}}
     rows = [
-        f"B = {batch} per group, LR {lr:g}, {ctx.seeds} seeds. One group alone: "
-        f"{_fmt_spread(single.stopped_loss(), w.offset)}; 2-way ensemble: "
+        f"B = {batch} per group, LR {lr:g} (unless a variant sets its own), {ctx.seeds} seeds. "
+        f"One group alone: {_fmt_spread(single.stopped_loss(), w.offset)}; 2-way ensemble: "
         f"{_fmt_spread(ensemble.stopped_loss(), w.offset)} ({_loss_name(ctx)}). Share: "
         "(alone - variant) / (alone - ensemble), per seed, mean [min, max].",
-        "",
-        "| variant | settings | loss | share of the ensemble's gain |",
-        "| --- | --- | --- | --- |",
     ]
-    raw = {"batch": batch, "lr": lr, "single": single_loss, "ensemble": ens_loss, "variants": {}}
+    columns = "| variant | settings | loss | share of the ensemble's gain |"
+    if syncs:
+        sync_arms = _read_syncs(ctx, batch, syncs)
+        best_sync, target, sync_steps = _best_sync(sync_arms)
+        raw.update(target=target, sync_steps=sync_steps)
+        rows[0] += (
+            f" Speed-up: the best sync baseline's ({sync_arms[best_sync].label}) steps to its "
+            f"own loss, {_fmt(target, w.offset)} ({_fmt_steps(sync_steps)} steps, mean "
+            "curve), over the variant's (mean curve of its groups)."
+        )
+        columns += " steps to target | speed-up vs best sync |"
+    rows += ["", columns, "|" + " --- |" * (columns.count("|") - 1)]
     shares_by_name = {}
     for name, kw in variants.items():
         arm = read_groups(ctx, cods[name], name)
@@ -612,11 +646,17 @@ def recipe(
         shares = spread(per_seed)
         shares_by_name[name] = per_seed
         settings = ", ".join(f"{_short(k)}={v}" for k, v in sorted(kw.items())) or "(defaults)"
-        rows.append(
+        row = (
             f"| {name} | {settings} | {_fmt_spread(arm.stopped_loss(), w.offset)} | "
             f"{_pct(shares)} |"
         )
         raw["variants"][name] = {"settings": kw, "stopped": arm.stopped, "shares": per_seed}
+        if syncs:
+            steps = steps_to(arm.mean, target)
+            speed = sync_steps / steps if (steps and sync_steps) else None
+            row += f" {_fmt_steps(steps)} | {'n/a' if speed is None else f'{speed:.2f}x'} |"
+            raw["variants"][name].update(steps_to_target=steps, speedup=speed)
+        rows.append(row)
     best = max(shares_by_name, key=lambda n: spread(shares_by_name[n])[0])
     rows += ["", f"Best: **{best}** ({_pct(spread(shares_by_name[best]))} of the gain)."]
     raw["best"] = best
