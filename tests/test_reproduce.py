@@ -278,6 +278,26 @@ def test_recipe_variant_with_its_own_learning_rate_and_its_speed_up(configured):
     assert "speed-up" not in without.markdown and "target" not in without.raw
 
 
+def test_c8_codistills_with_its_own_rate_and_groups(configured):
+    class ChurnRunner(FakeRunner):
+        def churn(self, specs, out, bindings):
+            # Codistilled models (LR 0.004) disagree half as much.
+            fast = any(r.learning_rate == 0.004 and self.root(r) in specs[0] for r in self.trained)
+            value = 0.05 if fast else 0.1
+            stats = {"mean": value, "min": value, "max": value}
+            return {"mean_abs_diff": stats, "disagreement": stats}
+
+    runner = ChurnRunner(lambda run, groups, split: curve(2.0, 1.1, 0.03))
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c8_churn(ctx, retrains=3, batch=64, learning_rate=0.004, groups=3)
+    cod = [r for r in runner.trained if r.codistill]
+    assert len(cod) == 3 and {(r.learning_rate, r.num_groups) for r in cod} == {(0.004, 3)}
+    assert all(dict(r.overrides) == {} for r in cod)
+    assert report.raw["ratio"]["codistillation"] == pytest.approx(0.5)
+    assert "3-way codistillation (group 0 of each retrain)" in report.markdown
+    assert "(codistillation: 0.004)" in report.markdown
+
+
 def test_c5_reports_the_teachers_age(configured):
     def make(run, groups, split):
         if not run.codistill:

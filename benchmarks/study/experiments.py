@@ -100,6 +100,12 @@ def codistill(ctx: Context, batch: int, lr: float, seed: int, groups: int = 2, *
     return Run(ctx.workload, label, groups, True, batch, lr, seed, tuple(sorted(overrides.items())))
 
 
+def _own_lr(recipe: dict, lr: float) -> tuple[float, dict]:
+    """Codistillation bindings without `learning_rate`: the groups' own rate (default `lr`)."""
+    kw = dict(recipe)
+    return kw.pop("learning_rate", lr), kw
+
+
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -604,8 +610,7 @@ def recipe(
     ind = [independent(ctx, batch, lr, s) for s in seeds(ctx)]
     cods = {}
     for name, kw in variants.items():
-        kw = dict(kw)
-        own_lr = kw.pop("learning_rate", lr)
+        own_lr, kw = _own_lr(kw, lr)
         cods[name] = [codistill(ctx, batch, own_lr, s, **kw) for s in seeds(ctx)]
     runs = [r for rs in syncs.values() for r in rs] + ind + [r for rs in cods.values() for r in rs]
     ctx.runner.train(runs)
@@ -802,25 +807,32 @@ def _mean_teacher_age(ctx: Context, runs: Sequence[Run]) -> Optional[float]:
 
 @gin.configurable(module="study")
 def c8_churn(ctx: Context, retrains: int = 5, batch: Optional[int] = None, **recipe: Any) -> Report:
-    """Prediction churn between retrains: one group, the ensemble, a codistilled group."""
+    """Prediction churn between retrains: one group, the ensemble, a codistilled group.
+
+    `recipe`: codistillation bindings, plus `groups` (N-way) and
+    `learning_rate` (the codistilling groups' own rate) as in `recipe`.
+    """
     w = ctx.workload
     batch = batch or w.batch
     lr, _ = tuned_lr(ctx, batch)
     ind = [independent(ctx, batch, lr, s) for s in range(retrains)]
-    cod = [codistill(ctx, batch, lr, s, **recipe) for s in range(retrains)]
+    cod_lr, recipe = _own_lr(recipe, lr)
+    cod = [codistill(ctx, batch, cod_lr, s, **recipe) for s in range(retrains)]
     ctx.runner.train(ind + cod)
     out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cod[0].key()}"
+    cod_name = f"{cod[0].num_groups}-way codistillation (group 0 of each retrain)"
     kinds = {
         "one group (group 0 of each retrain)": ([f"{ctx.runner.root(r)}:0" for r in ind], ind, [0]),
         "2-way ensemble": ([f"{ctx.runner.root(r)}:0+1" for r in ind], ind, [0, 1]),
-        "2-way codistillation (group 0 of each retrain)": (
+        cod_name: (
             [f"{ctx.runner.root(r)}:0" for r in cod],
             cod,
             [0],
         ),
     }
     rows = [
-        f"B = {batch}, LR {lr:g}, {w.train_steps} steps, {retrains} retrains (seeds) of each; "
+        f"B = {batch}, LR {lr:g} (codistillation: {cod_lr:g}), {w.train_steps} steps, "
+        f"{retrains} retrains (seeds) of each; "
         "churn between the final models of every pair of retrains, on the test split "
         "(mean [min, max] over pairs); loss: final test loss over retrains.",
         "",
@@ -840,7 +852,7 @@ def c8_churn(ctx: Context, retrains: int = 5, batch: Optional[int] = None, **rec
         )
         raw[name] = {"losses": losses, "churn": report}
     base = raw["one group (group 0 of each retrain)"]["churn"]["mean_abs_diff"]["mean"]
-    codc = raw["2-way codistillation (group 0 of each retrain)"]["churn"]["mean_abs_diff"]["mean"]
+    codc = raw[cod_name]["churn"]["mean_abs_diff"]["mean"]
     ensc = raw["2-way ensemble"]["churn"]["mean_abs_diff"]["mean"]
     rows += [
         "",
