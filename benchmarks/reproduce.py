@@ -57,7 +57,7 @@ EXPERIMENTS = {
     "c8_churn": (experiments.c8_churn, "prediction churn between retrains"),
     "repetition": (experiments.repetition, "share of the ensemble's gain vs passes over the data"),
 }
-GIN_DIR = os.path.join(runner_lib.REPO, "gin", "reproduce")
+GIN_DIR = runner_lib.GIN_DIR
 
 
 def workloads() -> list[str]:
@@ -71,7 +71,7 @@ def configure(workload: str) -> tuple[runner_lib.Workload, list[str]]:
     if not os.path.exists(path):
         sys.exit(f"reproduce.py: no workload {workload!r}; one of {workloads()}")
     files = [path] + ([os.path.join(GIN_DIR, "quick.gin")] if FLAGS.quick else [])
-    gin.parse_config_files_and_bindings(files, FLAGS.gin_bindings)
+    runner_lib.parse_study_config(files, FLAGS.gin_bindings)
     w = runner_lib.Workload()
     if FLAGS.quick:
         w = dataclasses.replace(

@@ -278,23 +278,28 @@ def test_recipe_variant_with_its_own_learning_rate_and_its_speed_up(configured):
     assert "speed-up" not in without.markdown and "target" not in without.raw
 
 
-def test_c8_codistills_with_its_own_rate_and_groups(configured):
+def test_c8_codistills_with_its_own_rate_and_every_n(configured):
     class ChurnRunner(FakeRunner):
         def churn(self, specs, out, bindings):
-            # Codistilled models (LR 0.004) disagree half as much.
-            fast = any(r.learning_rate == 0.004 and self.root(r) in specs[0] for r in self.trained)
-            value = 0.05 if fast else 0.1
+            # Codistilled models (LR 0.004) disagree 1/N as much as one group.
+            runs = [r for r in self.trained if self.root(r) in specs[0]]
+            value = 0.1 / (runs[0].num_groups if runs[0].codistill else 1)
             stats = {"mean": value, "min": value, "max": value}
             return {"mean_abs_diff": stats, "disagreement": stats}
 
     runner = ChurnRunner(lambda run, groups, split: curve(2.0, 1.1, 0.03))
     ctx = experiments.Context(configured, runner, seeds=2)
-    report = experiments.c8_churn(ctx, retrains=3, batch=64, learning_rate=0.004, groups=3)
+    report = experiments.c8_churn(ctx, retrains=3, batch=64, groups=(2, 4), learning_rate=0.004)
     cod = [r for r in runner.trained if r.codistill]
-    assert len(cod) == 3 and {(r.learning_rate, r.num_groups) for r in cod} == {(0.004, 3)}
+    assert sorted((r.num_groups, r.seed) for r in cod) == [(n, s) for n in (2, 4) for s in range(3)]
+    assert {r.learning_rate for r in cod} == {0.004}
     assert all(dict(r.overrides) == {} for r in cod)
-    assert report.raw["ratio"]["codistillation"] == pytest.approx(0.5)
-    assert "3-way codistillation (group 0 of each retrain)" in report.markdown
+    assert len(report.runs) == 3 + 6
+    ratio = report.raw["ratio"]
+    assert ratio["2-way"] == pytest.approx(0.5) and ratio["4-way"] == pytest.approx(0.25)
+    assert ratio["codistillation"] == ratio["2-way"]
+    assert "| 4-way codistillation (group 0 of each retrain) |" in report.markdown
+    assert "| 0.25x, 0.25x |" in report.markdown
     assert "(codistillation: 0.004)" in report.markdown
 
 
@@ -384,8 +389,8 @@ def workload_config(name):
     try:
         # enabled_experiments is registered by reproduce.py, whose flags this
         # process must not define (other test modules define some of them).
-        gin.parse_config_file(
-            os.path.join(testing.repo_root(), "gin", "reproduce", f"{name}.gin"),
+        runner_lib.parse_study_config(
+            [os.path.join(runner_lib.GIN_DIR, f"{name}.gin")],
             skip_unknown=["study.enabled_experiments"],
         )
         return runner_lib.Workload()
@@ -393,7 +398,7 @@ def workload_config(name):
         gin.clear_config()
 
 
-@pytest.mark.parametrize("name", ["lm", "mnist1d", "teacher_student"])
+@pytest.mark.parametrize("name", ["lm", "mnist1d", "mnist1d_10k", "teacher_student"])
 def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name):
     # What the harness hands train.py and the test evaluation must parse with
     # the workload's own gin files: a misspelt name fails here, not an hour

@@ -806,60 +806,82 @@ def _mean_teacher_age(ctx: Context, runs: Sequence[Run]) -> Optional[float]:
 
 
 @gin.configurable(module="study")
-def c8_churn(ctx: Context, retrains: int = 5, batch: Optional[int] = None, **recipe: Any) -> Report:
-    """Prediction churn between retrains: one group, the ensemble, a codistilled group.
+def c8_churn(
+    ctx: Context,
+    retrains: int = 5,
+    batch: Optional[int] = None,
+    groups: Sequence[int] = (2,),
+    **recipe: Any,
+) -> Report:
+    """Prediction churn between retrains: one group, the ensemble, codistilled groups.
 
-    `recipe`: codistillation bindings, plus `groups` (N-way) and
-    `learning_rate` (the codistilling groups' own rate) as in `recipe`.
+    Args:
+      retrains: seeds of each arm; churn is over every pair of them.
+      batch: B (default: the workload's).
+      groups: numbers of codistilling groups (N-way), one arm each; its
+        group 0 of each retrain is the model compared.
+      **recipe: codistillation bindings, plus `learning_rate` (the
+        codistilling groups' own rate) as in `recipe`.
     """
     w = ctx.workload
     batch = batch or w.batch
     lr, _ = tuned_lr(ctx, batch)
     ind = [independent(ctx, batch, lr, s) for s in range(retrains)]
     cod_lr, recipe = _own_lr(recipe, lr)
-    cod = [codistill(ctx, batch, cod_lr, s, **recipe) for s in range(retrains)]
-    ctx.runner.train(ind + cod)
-    out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cod[0].key()}"
-    cod_name = f"{cod[0].num_groups}-way codistillation (group 0 of each retrain)"
-    kinds = {
-        "one group (group 0 of each retrain)": ([f"{ctx.runner.root(r)}:0" for r in ind], ind, [0]),
-        "2-way ensemble": ([f"{ctx.runner.root(r)}:0+1" for r in ind], ind, [0, 1]),
-        cod_name: (
-            [f"{ctx.runner.root(r)}:0" for r in cod],
-            cod,
-            [0],
-        ),
+    cods = {
+        n: [codistill(ctx, batch, cod_lr, s, n, **recipe) for s in range(retrains)] for n in groups
     }
+    runs = ind + [r for rs in cods.values() for r in rs]
+    ctx.runner.train(runs)
+    out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cods[groups[0]][0].key()}"
+    root = ctx.runner.root
+    kinds = {
+        "one group (group 0 of each retrain)": ([f"{root(r)}:0" for r in ind], ind, [0]),
+        "2-way ensemble": ([f"{root(r)}:0+1" for r in ind], ind, [0, 1]),
+    }
+    for n in groups:
+        name = f"{n}-way codistillation (group 0 of each retrain)"
+        kinds[name] = ([f"{root(r)}:0" for r in cods[n]], cods[n], [0])
     rows = [
         f"B = {batch}, LR {lr:g} (codistillation: {cod_lr:g}), {w.train_steps} steps, "
         f"{retrains} retrains (seeds) of each; "
         "churn between the final models of every pair of retrains, on the test split "
         "(mean [min, max] over pairs); loss: final test loss over retrains.",
         "",
-        "| model | final loss | mean abs. difference of probabilities | top-1 disagreement |",
-        "| --- | --- | --- | --- |",
+        "| model | final loss | mean abs. difference of probabilities | top-1 disagreement "
+        "| churn / one group's (mean abs., top-1) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     raw = {}
-    for name, (specs, runs, groups) in kinds.items():
+    base = None
+    for name, (specs, arm_runs, members) in kinds.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
         report = ctx.runner.churn(specs, f"{out}/{slug}.json", w.test_bindings)
-        losses = [ctx.runner.test_curve(r, groups)[-1][1] for r in runs]
+        losses = [ctx.runner.test_curve(r, members)[-1][1] for r in arm_runs]
         mad, dis = report["mean_abs_diff"], report["disagreement"]
+        base = base or (mad["mean"], dis["mean"])
         rows.append(
             f"| {name} | {_fmt_spread(spread(losses), w.offset)} | "
             f"{mad['mean']:.4f} [{mad['min']:.4f}, {mad['max']:.4f}] | "
-            f"{dis['mean']:.4f} [{dis['min']:.4f}, {dis['max']:.4f}] |"
+            f"{dis['mean']:.4f} [{dis['min']:.4f}, {dis['max']:.4f}] | "
+            f"{mad['mean'] / base[0]:.2f}x, {dis['mean'] / base[1]:.2f}x |"
         )
         raw[name] = {"losses": losses, "churn": report}
-    base = raw["one group (group 0 of each retrain)"]["churn"]["mean_abs_diff"]["mean"]
-    codc = raw[cod_name]["churn"]["mean_abs_diff"]["mean"]
-    ensc = raw["2-way ensemble"]["churn"]["mean_abs_diff"]["mean"]
+    ratios = {
+        f"{n}-way": raw[f"{n}-way codistillation (group 0 of each retrain)"]["churn"][
+            "mean_abs_diff"
+        ]["mean"]
+        / base[0]
+        for n in groups
+    }
+    ensc = raw["2-way ensemble"]["churn"]["mean_abs_diff"]["mean"] / base[0]
     rows += [
         "",
-        f"Codistillation's churn is {codc / base:.2f}x the single group's "
-        f"(the ensemble's: {ensc / base:.2f}x).",
+        "Codistillation's churn (mean abs. difference) is "
+        + ", ".join(f"{v:.2f}x ({k})" for k, v in ratios.items())
+        + f" the single group's (the ensemble's: {ensc:.2f}x).",
     ]
-    raw["ratio"] = {"codistillation": codc / base, "ensemble": ensc / base}
+    raw["ratio"] = {"codistillation": ratios[f"{groups[0]}-way"], "ensemble": ensc, **ratios}
     plots = [
         (
             "churn",
@@ -873,7 +895,7 @@ def c8_churn(ctx: Context, retrains: int = 5, batch: Optional[int] = None, **rec
             },
         )
     ]
-    return Report("C8: prediction churn between retrains", "\n".join(rows), raw, plots, ind + cod)
+    return Report("C8: prediction churn between retrains", "\n".join(rows), raw, plots, runs)
 
 
 @gin.configurable(module="study")

@@ -29,12 +29,35 @@ from typing import Any
 from typing import Optional
 
 import gin
+from absl import logging
 
 from tf_codistill import layout
 from tf_codistill import local_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "binaries", "train.py")
+# The study's workload files; one may `include 'mnist1d.gin'` and change a few values.
+GIN_DIR = os.path.join(REPO, "gin", "reproduce")
+
+
+_searched = []
+
+
+def parse_study_config(files: Sequence[str], bindings: Sequence[str] = (), **kwargs) -> None:
+    """Parses study gin files, with `GIN_DIR` searched for their includes."""
+    if not _searched:  # gin.add_config_file_search_path appends on every call.
+        gin.add_config_file_search_path(GIN_DIR)
+        _searched.append(GIN_DIR)
+    # gin logs an error for every search path an include is not found in
+    # before the one it is; a file found nowhere still raises.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        gin.parse_config_files_and_bindings(list(files), list(bindings), **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 EVALUATE_RUNS = os.path.join(REPO, "benchmarks", "study", "evaluate_runs.py")
 CHURN = os.path.join(REPO, "binaries", "churn.py")
 TRAIN_GROUP = "tf_codistill.train_lib.train_group"
