@@ -197,6 +197,28 @@ def test_c2_without_double_batch_trains_no_2b_and_targets_sync_at_b(configured):
     assert "LR 0.002, not tuned (a grid of one)" in one.markdown
 
 
+def test_c2_target_is_a_loss_the_best_sync_baseline_reaches_on_its_mean_curve(configured):
+    def v_shape(bottom):
+        # Down to 1.0 at step `bottom`, then up again: an overfitting run.
+        return [(s, 1.0 + 0.002 * abs(s - bottom)) for s in range(10, 201, 10)]
+
+    def make(run, groups, split):
+        if run.codistill:
+            return [(s, 2.0 - 0.005 * s) for s in range(10, 201, 10)]
+        # Seeds bottom out at different steps: each seed's early-stopped loss
+        # is 1.0, but their mean curve never comes down to 1.0.
+        return v_shape(50 if run.seed == 0 else 150)
+
+    ctx = experiments.Context(configured, FakeRunner(make), seeds=2)
+    raw = experiments.c2_speedup(ctx, batch=64, double_batch=False).raw
+    mean = [(a[0], (a[1] + b[1]) / 2) for a, b in zip(v_shape(50), v_shape(150))]
+    assert raw["target"] == pytest.approx(min(v for _, v in mean)) and raw["target"] > 1.0
+    assert raw["arms"]["sync_b"]["steps_to_target"] == 50
+    # Codistillation's straight line reaches it where 2 - 0.005 s <= 1.1.
+    assert raw["arms"]["cod2"]["steps_to_target"] == 180
+    assert raw["arms"]["cod2"]["speedup"] == pytest.approx(50 / 180)
+
+
 def test_report_lists_the_bindings_the_study_ran_with(configured, tmp_path):
     from study import report as report_lib
 

@@ -291,9 +291,20 @@ def _read_syncs(ctx: Context, batch: int, runs: dict) -> dict[str, Arm]:
 
 
 def _best_sync(arms: dict[str, Arm]) -> tuple[str, float, Optional[float]]:
-    """The best sync baseline (lowest early-stopped loss), that loss (the target), its steps."""
-    best = min((k for k in arms if k.startswith("sync_")), key=lambda k: arms[k].stopped_loss()[0])
-    target = arms[best].stopped_loss()[0]
+    """The best sync baseline, its best loss (the speed-up's target) and the step it gets there.
+
+    Steps to a target are read on mean curves over seeds, so the target is
+    the lowest point of the best sync baseline's mean curve: a loss that
+    baseline does reach. (The mean of its seeds' early-stopped losses, used
+    before, can lie below its mean curve everywhere when the seeds bottom
+    out at different steps: measured on MNIST-1D with 10,000 examples.)
+    """
+
+    def lowest(key: str) -> float:
+        return min(v for _, v in arms[key].mean)
+
+    best = min((k for k in arms if k.startswith("sync_")), key=lowest)
+    target = lowest(best)
     return best, target, steps_to(arms[best].mean, target)
 
 
@@ -494,8 +505,8 @@ def c2_speedup(
         f"B = {batch} per group ({_lr_note(lr_b, grid_b)}; {doubled}), {w.train_steps} steps, "
         f"{ctx.seeds} seeds. Losses: {_loss_name(ctx)} at the step the validation split "
         "chose (mean [min, max] over seeds; for groups, over seeds and groups). "
-        f"Target: the best sync baseline's ({arms[best_sync].label}) loss, "
-        f"{_fmt(target, w.offset)}.",
+        f"Target: the best sync baseline's ({arms[best_sync].label}) best loss, the lowest "
+        f"point of its mean curve, {_fmt(target, w.offset)}.",
         "",
         "| arm | loss | final loss | steps to target (mean curve) | speed-up vs best sync "
         "| share of the ensemble's gain |",
@@ -631,8 +642,8 @@ def recipe(
         raw.update(target=target, sync_steps=sync_steps)
         rows[0] += (
             f" Speed-up: the best sync baseline's ({sync_arms[best_sync].label}) steps to its "
-            f"own loss, {_fmt(target, w.offset)} ({_fmt_steps(sync_steps)} steps, mean "
-            "curve), over the variant's (mean curve of its groups)."
+            f"best loss, the lowest point of its mean curve, {_fmt(target, w.offset)} "
+            f"({_fmt_steps(sync_steps)} steps), over the variant's (mean curve of its groups)."
         )
         columns += " steps to target | speed-up vs best sync |"
     rows += ["", columns, "|" + " --- |" * (columns.count("|") - 1)]
