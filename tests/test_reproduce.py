@@ -211,7 +211,7 @@ def test_c2_target_is_a_loss_the_best_sync_baseline_reaches_on_its_mean_curve(co
 
     ctx = experiments.Context(configured, FakeRunner(make), seeds=2)
     raw = experiments.c2_speedup(ctx, batch=64, double_batch=False).raw
-    mean = [(a[0], (a[1] + b[1]) / 2) for a, b in zip(v_shape(50), v_shape(150))]
+    mean = [(a[0], (a[1] + b[1]) / 2) for a, b in zip(v_shape(50), v_shape(150), strict=True)]
     assert raw["target"] == pytest.approx(min(v for _, v in mean)) and raw["target"] > 1.0
     assert raw["arms"]["sync_b"]["steps_to_target"] == 50
     # Codistillation's straight line reaches it where 2 - 0.005 s <= 1.1.
@@ -300,16 +300,24 @@ def test_recipe_variant_with_its_own_learning_rate_and_its_speed_up(configured):
     assert "speed-up" not in without.markdown and "target" not in without.raw
 
 
-def test_c8_codistills_with_its_own_rate_and_every_n(configured):
+def test_c8_churn_of_final_and_early_stopped_models_with_every_n(configured):
     class ChurnRunner(FakeRunner):
         def churn(self, specs, out, bindings):
-            # Codistilled models (LR 0.004) disagree 1/N as much as one group.
+            self.specs.append(specs)
+            # Codistilled models disagree 1/N as much as one group; early-
+            # stopped models half as much as final ones.
             runs = [r for r in self.trained if self.root(r) in specs[0]]
             value = 0.1 / (runs[0].num_groups if runs[0].codistill else 1)
+            value /= 2 if "@" in specs[0] else 1
             stats = {"mean": value, "min": value, "max": value}
             return {"mean_abs_diff": stats, "disagreement": stats}
 
-    runner = ChurnRunner(lambda run, groups, split: curve(2.0, 1.1, 0.03))
+    # Overfitting curves: lowest at step 110 (seed 0) and 130 (seeds 1, 2).
+    def make(run, groups, split):
+        return curve(2.0, 1.1, 0.03, rise=0.001 if run.seed == 0 else 0.0005)
+
+    runner = ChurnRunner(make)
+    runner.specs = []
     ctx = experiments.Context(configured, runner, seeds=2)
     report = experiments.c8_churn(ctx, retrains=3, batch=64, groups=(2, 4), learning_rate=0.004)
     cod = [r for r in runner.trained if r.codistill]
@@ -317,11 +325,23 @@ def test_c8_codistills_with_its_own_rate_and_every_n(configured):
     assert {r.learning_rate for r in cod} == {0.004}
     assert all(dict(r.overrides) == {} for r in cod)
     assert len(report.runs) == 3 + 6
-    ratio = report.raw["ratio"]
-    assert ratio["2-way"] == pytest.approx(0.5) and ratio["4-way"] == pytest.approx(0.25)
-    assert ratio["codistillation"] == ratio["2-way"]
+    final, stopped = report.raw["final"], report.raw["early-stopped"]
+    four = "4-way codistillation (group 0 of each retrain)"
+    assert final[four]["ratio"] == pytest.approx(0.25) and stopped[four]["ratio"] == pytest.approx(
+        0.25
+    )
+    assert final[four]["churn"]["mean_abs_diff"]["mean"] == pytest.approx(0.025)
+    assert stopped[four]["churn"]["mean_abs_diff"]["mean"] == pytest.approx(0.0125)
+    # Final models: the last step; early-stopped: where validation is lowest.
+    val = [curve(2.0, 1.1, 0.03, rise=r) for r in (0.001, 0.0005, 0.0005)]
+    best = [min(c, key=lambda p: p[1])[0] for c in val]
+    assert final[four]["steps"] == [200] * 3 and stopped[four]["steps"] == best
+    assert best[0] != best[1]
+    ensemble = [s for s in runner.specs if s[0].endswith("0+1") or "0+1@" in s[0]]
+    assert [spec.rsplit("@", 1)[1] for spec in ensemble[1]] == [str(b) for b in best]
     assert "| 4-way codistillation (group 0 of each retrain) |" in report.markdown
     assert "| 0.25x, 0.25x |" in report.markdown
+    assert "**early-stopped models**" in report.markdown
     assert "(codistillation: 0.004)" in report.markdown
 
 

@@ -116,6 +116,45 @@ def test_retrains_of_an_ensemble_first(runs, tmp_path):
     np.testing.assert_allclose(report["pairs"][0]["mean_abs_diff"], expected_pair(*p)[0], rtol=1e-5)
 
 
+def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
+    # A group that published steps 20 and 40 with other weights: @20 is the
+    # early checkpoint (what early stopping would serve), without @ the latest.
+    (r0, _), students = runs
+    root = str(tmp_path / "two_steps")
+    early = {}
+    for g in range(2):
+        directory = exchange.group_dir(root, g)
+        os.makedirs(directory)
+        with open(os.path.join(directory, "operative_config.gin"), "w") as f:
+            f.write("include 'demo/tiny.gin'\n")
+        early[g] = student(seed=70 + g)
+        publisher = exchange.Publisher(early[g], directory)
+        publisher.publish(20)
+        early[g].set_weights(students[0, g].get_weights())
+        publisher.publish(40)
+        early[g].set_weights(student(seed=70 + g).get_weights())
+    output = str(tmp_path / "churn.json")
+    specs = [f"{root}:0@20", f"{root}:0", f"{root}:0+1@20"]
+    run_main(specs, output_json=output)
+    with open(output) as f:
+        report = json.load(f)
+    assert report["steps"] == {specs[0]: [20], specs[1]: [40], specs[2]: [20, 20]}
+    p_early = probabilities(early[0])
+    p_late = probabilities(students[0, 0])
+    p_ens = (p_early + probabilities(early[1])) / 2
+    pairs = {(e["a"], e["b"]): e["mean_abs_diff"] for e in report["pairs"]}
+    np.testing.assert_allclose(
+        pairs[specs[0], specs[1]], expected_pair(p_early, p_late)[0], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        pairs[specs[0], specs[2]], expected_pair(p_early, p_ens)[0], rtol=1e-5
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_main([f"{root}:0@30", f"{r0}:0"])
+    text = str(exit_info.value.code)
+    assert "kept no checkpoint of step 30 (nearest: 20, 40; 2 kept, steps 20..40)" in text, text
+
+
 def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
     (r0, r1), students = runs
     paths = []
@@ -137,6 +176,7 @@ def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
     [
         (["{r0}:0"], [], "give at least two --model, got 1"),
         (["{r0}:0", "{r0}"], [], "expected ROOT_DIR:GROUP, ROOT_DIR:G1+G2"),
+        (["{r0}:0", "{r0}:0@x"], [], "either with @STEP"),
         (["{r0}:0", "{r0}:2"], [], "no group 2 in"),
         (["{r0}:0", "{r0}:0+0"], [], "names a group twice"),
         (["{tmp}/a.keras", "{tmp}/b.keras"], [], "a.keras does not exist"),

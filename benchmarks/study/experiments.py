@@ -816,6 +816,22 @@ def _mean_teacher_age(ctx: Context, runs: Sequence[Run]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def _served(ctx: Context, run: Run, members: list[int], final: bool) -> tuple[int, float]:
+    """(step, test loss) of the model a run serves: its last, or the one early stopping chose.
+
+    For an ensemble (several members) the step is chosen on the members' mean
+    validation curve, as in `read_ensemble`; the step is one the test curve
+    evaluated (a kept checkpoint).
+    """
+    test = ctx.runner.test_curve(run, members)
+    if final:
+        return test[-1]
+    val = mean_curve([ctx.runner.val_curve(run, g) for g in members])
+    step, loss = runner_lib.at_best_validation(val, test)
+    before = [s for s, _ in test if s <= step]
+    return (before[-1] if before else test[0][0]), loss
+
+
 @gin.configurable(module="study")
 def c8_churn(
     ctx: Context,
@@ -845,62 +861,77 @@ def c8_churn(
     runs = ind + [r for rs in cods.values() for r in rs]
     ctx.runner.train(runs)
     out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cods[groups[0]][0].key()}"
-    root = ctx.runner.root
     kinds = {
-        "one group (group 0 of each retrain)": ([f"{root(r)}:0" for r in ind], ind, [0]),
-        "2-way ensemble": ([f"{root(r)}:0+1" for r in ind], ind, [0, 1]),
+        "one group (group 0 of each retrain)": (ind, [0]),
+        "2-way ensemble": (ind, [0, 1]),
     }
     for n in groups:
-        name = f"{n}-way codistillation (group 0 of each retrain)"
-        kinds[name] = ([f"{root(r)}:0" for r in cods[n]], cods[n], [0])
+        kinds[f"{n}-way codistillation (group 0 of each retrain)"] = (cods[n], [0])
     rows = [
         f"B = {batch}, LR {lr:g} (codistillation: {cod_lr:g}), {w.train_steps} steps, "
-        f"{retrains} retrains (seeds) of each; "
-        "churn between the final models of every pair of retrains, on the test split "
-        "(mean [min, max] over pairs); loss: final test loss over retrains.",
-        "",
-        "| model | final loss | mean abs. difference of probabilities | top-1 disagreement "
-        "| churn / one group's (mean abs., top-1) |",
-        "| --- | --- | --- | --- | --- |",
+        f"{retrains} retrains (seeds) of each; churn between the models of every pair of "
+        "retrains, on the test split (mean [min, max] over pairs), and their test loss "
+        "(over retrains). Two tables: the final models, and the models early stopping on "
+        "the validation split chose (what a user would serve; an ensemble's step is chosen "
+        "on its members' mean validation loss)."
     ]
     raw = {}
-    base = None
-    for name, (specs, arm_runs, members) in kinds.items():
-        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
-        report = ctx.runner.churn(specs, f"{out}/{slug}.json", w.test_bindings)
-        losses = [ctx.runner.test_curve(r, members)[-1][1] for r in arm_runs]
-        mad, dis = report["mean_abs_diff"], report["disagreement"]
-        base = base or (mad["mean"], dis["mean"])
-        rows.append(
-            f"| {name} | {_fmt_spread(spread(losses), w.offset)} | "
-            f"{mad['mean']:.4f} [{mad['min']:.4f}, {mad['max']:.4f}] | "
-            f"{dis['mean']:.4f} [{dis['min']:.4f}, {dis['max']:.4f}] | "
-            f"{mad['mean'] / base[0]:.2f}x, {dis['mean'] / base[1]:.2f}x |"
-        )
-        raw[name] = {"losses": losses, "churn": report}
-    ratios = {
-        f"{n}-way": raw[f"{n}-way codistillation (group 0 of each retrain)"]["churn"][
-            "mean_abs_diff"
-        ]["mean"]
-        / base[0]
-        for n in groups
-    }
-    ensc = raw["2-way ensemble"]["churn"]["mean_abs_diff"]["mean"] / base[0]
-    rows += [
-        "",
-        "Codistillation's churn (mean abs. difference) is "
-        + ", ".join(f"{v:.2f}x ({k})" for k, v in ratios.items())
-        + f" the single group's (the ensemble's: {ensc:.2f}x).",
-    ]
-    raw["ratio"] = {"codistillation": ratios[f"{groups[0]}-way"], "ensemble": ensc, **ratios}
+    for served in ("final", "early-stopped"):
+        rows += [
+            "",
+            f"**{served} models**",
+            "",
+            f"| model | {served} loss | mean abs. difference of probabilities | top-1 "
+            "disagreement | churn / one group's (mean abs., top-1) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        table = raw.setdefault(served, {})
+        base = None
+        for name, (arm_runs, members) in kinds.items():
+            points = [_served(ctx, r, members, served == "final") for r in arm_runs]
+            specs = [f"{ctx.runner.root(r)}:{'+'.join(map(str, members))}" for r in arm_runs]
+            if served != "final":
+                specs = [f"{spec}@{step}" for spec, (step, _) in zip(specs, points, strict=True)]
+            slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
+            slug += "" if served == "final" else "_stopped"
+            report = ctx.runner.churn(specs, f"{out}/{slug}.json", w.test_bindings)
+            losses = [loss for _, loss in points]
+            mad, dis = report["mean_abs_diff"], report["disagreement"]
+            base = base or (mad["mean"], dis["mean"])
+            rows.append(
+                f"| {name} | {_fmt_spread(spread(losses), w.offset)} | "
+                f"{mad['mean']:.4f} [{mad['min']:.4f}, {mad['max']:.4f}] | "
+                f"{dis['mean']:.4f} [{dis['min']:.4f}, {dis['max']:.4f}] | "
+                f"{mad['mean'] / base[0]:.2f}x, {dis['mean'] / base[1]:.2f}x |"
+            )
+            table[name] = {
+                "losses": losses,
+                "steps": [step for step, _ in points],
+                "churn": report,
+                "ratio": mad["mean"] / base[0],
+                "ratio_top1": dis["mean"] / base[1],
+            }
+        ratios = {
+            f"{n}-way": table[f"{n}-way codistillation (group 0 of each retrain)"]["ratio"]
+            for n in groups
+        }
+        rows += [
+            "",
+            f"{served.capitalize()} models: codistillation's churn (mean abs. difference) is "
+            + ", ".join(f"{v:.2f}x ({k})" for k, v in ratios.items())
+            + f" the single group's (the ensemble's: {table['2-way ensemble']['ratio']:.2f}x).",
+        ]
     plots = [
         (
             "churn",
             {
                 "values": {
-                    name: [r["churn"]["mean_abs_diff"]["mean"], r["churn"]["disagreement"]["mean"]]
-                    for name, r in raw.items()
-                    if name != "ratio"
+                    f"{name} ({served})": [
+                        r["churn"]["mean_abs_diff"]["mean"],
+                        r["churn"]["disagreement"]["mean"],
+                    ]
+                    for served, table in raw.items()
+                    for name, r in table.items()
                 },
                 "title": f"C8 {w.name}: churn between {retrains} retrains",
             },

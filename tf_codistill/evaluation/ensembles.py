@@ -240,7 +240,7 @@ class LoadedModel:
     head: Optional[str] = None
 
 
-_GROUPS_SPEC = re.compile(r"^(\d{1,9})(\+\d{1,9})*$")
+_GROUPS_SPEC = re.compile(r"^(\d{1,9})(\+\d{1,9})*(@\d{1,12})?$")
 
 
 def load_model(
@@ -254,8 +254,10 @@ def load_model(
     Args:
       spec: `ROOT_DIR:GROUP` (the group's latest checkpoint),
         `ROOT_DIR:G1+G2+...` (the ensemble of those groups' latest
-        checkpoints, an `EnsembleModel`) or `PATH.keras` (an exported
-        student, `model.student.save(...)`).
+        checkpoints, an `EnsembleModel`), either with `@STEP` (the
+        checkpoint of that step instead of the latest, e.g. the one
+        early stopping chose; it must have been kept), or `PATH.keras` (an
+        exported student, `model.student.save(...)`).
       gin_files: extra gin files for the runs' configs.
       gin_bindings: extra gin bindings for the runs' configs.
       head: an ensemble's head (`softmax`, `sigmoid`, `auto`).
@@ -276,14 +278,19 @@ def load_model(
     root_dir, _, groups_text = spec.rpartition(":")
     if not root_dir or not _GROUPS_SPEC.match(groups_text):
         raise errors.EvaluationError(
-            f"model {spec!r}: expected ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (an ensemble) "
-            "or a .keras file"
+            f"model {spec!r}: expected ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (an ensemble), "
+            "either with @STEP, or a .keras file"
         )
+    groups_text, _, step_text = groups_text.partition("@")
     groups = [int(g) for g in groups_text.split("+")]
     if len(set(groups)) != len(groups):
         raise errors.EvaluationError(f"model {spec!r} names a group twice")
     runs = [evaluator.load_group(root_dir, g, gin_files, gin_bindings) for g in groups]
-    members, steps = zip(*[evaluator.latest_restored(run) for run in runs], strict=True)
+    if step_text:
+        step = int(step_text)
+        members, steps = [evaluator.restored_at(run, step) for run in runs], [step] * len(runs)
+    else:
+        members, steps = zip(*[evaluator.latest_restored(run) for run in runs], strict=True)
     if len(runs) == 1:
         return LoadedModel(spec, members[0], runs[0], tuple(steps))
     if head == "auto":

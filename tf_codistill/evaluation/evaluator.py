@@ -463,6 +463,32 @@ class GroupEvaluator:
         self.results.close()
 
 
+def restored_at(run: GroupRun, step: int) -> keras.Model:
+    """A new model of the group's architecture holding its checkpoint of `step`.
+
+    Raises:
+      EvaluationError: the group kept no checkpoint of that step (the message
+        names the nearest it has), or it is unusable.
+    """
+    refs = list_checkpoints(run.directory)
+    ref = next((r for r in refs if r.step == step), None)
+    if ref is None:
+        if not refs:
+            raise errors.EvaluationError(f"{run.name} has no checkpoint in {run.directory}")
+        near = sorted(refs, key=lambda r: abs(r.step - step))[:2]
+        raise errors.EvaluationError(
+            f"{run.name} of {run.root_dir} kept no checkpoint of step {step} (nearest: "
+            f"{', '.join(str(r.step) for r in sorted(near, key=lambda r: r.step))}; "
+            f"{len(refs)} kept, steps {refs[0].step}..{refs[-1].step})"
+        )
+    model = run.config.build_model()
+    try:
+        restore(model, ref.prefix)
+    except errors.CheckpointError as e:
+        raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
+    return model
+
+
 def latest_restored(run: GroupRun) -> tuple[keras.Model, int]:
     """A new model of the group's architecture holding its latest checkpoint.
 

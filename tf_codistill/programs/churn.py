@@ -12,10 +12,13 @@ of examples whose top-1 prediction differs). Streams over the data.
   # exported students, on the data of a gin config
   tf-codistill-churn --model=a.keras --model=b.keras --gin_file=demo/tiny.gin
 
+  # the checkpoints early stopping chose (kept ones: checkpoints_to_keep)
+  tf-codistill-churn --model=/tmp/r1:0@400 --model=/tmp/r2:0@380
+
 Models: ROOT_DIR:GROUP (the group's latest checkpoint), ROOT_DIR:G1+G2 (an
-ensemble) or PATH.keras. Data: the first run's evaluation data (its
-operative_config.gin), or the --gin_file config's when only .keras files are
-given. docs/evaluation.md defines both numbers.
+ensemble), either with @STEP (that step's checkpoint), or PATH.keras. Data:
+the first run's evaluation data (its operative_config.gin), or the
+--gin_file config's when only .keras files are given. docs/evaluation.md defines both numbers.
 """
 
 import sys
@@ -26,7 +29,10 @@ from tf_codistill import app
 from tf_codistill.evaluation import tools
 
 flags.DEFINE_multi_string(
-    "model", [], "ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (ensemble) or PATH.keras; two or more."
+    "model",
+    [],
+    "ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (ensemble), either with @STEP (that step's checkpoint), "
+    "or PATH.keras; two or more.",
 )
 flags.DEFINE_enum(
     "head",
