@@ -153,6 +153,16 @@ def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
         run_main([f"{root}:0@30", f"{r0}:0"])
     text = str(exit_info.value.code)
     assert "kept no checkpoint of step 30 (nearest: 20, 40; 2 kept, steps 20..40)" in text, text
+    # A checkpoint whose name says another step than it holds is refused.
+    directory = exchange.group_dir(root, 1)
+    for name in os.listdir(directory):
+        if name.startswith("ckpt-40."):
+            shutil.copy(
+                os.path.join(directory, name), os.path.join(directory, "ckpt-30" + name[7:])
+            )
+    with pytest.raises(SystemExit) as exit_info:
+        run_main([f"{root}:1@30", f"{r0}:0"])
+    assert "ckpt-30 holds step 40, not 30" in str(exit_info.value.code)
 
 
 def test_exported_students_on_a_gin_configs_data(runs, tmp_path):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tf_codistill import configurables  # noqa: F401  What a config can name.
 from tf_codistill import errors
+from tf_codistill import gin_quiet
 
 __all__ = [
     "GinConfigError",
@@ -29,22 +30,7 @@ __all__ = [
 ]
 
 
-class _QuietGinIncludes(logging.Filter):
-    """Drops gin's "Path not found" ERROR for includes it then finds on the search path.
-
-    gin first tries an include such as 'demo/codistill.gin' as a file inside a
-    Python package named `demo`, logging an ERROR when there is none, before
-    looking in the search paths where it is found.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
-            and str(record.msg).startswith("Path not found")
-        )
-
-
-logging.getLogger().addFilter(_QuietGinIncludes())
+logging.getLogger().addFilter(gin_quiet.QuietGinIncludes())
 
 
 # Kept importable from here (defined in tf_codistill.errors).

@@ -301,11 +301,11 @@ def _best_sync(arms: dict[str, Arm]) -> tuple[str, float, Optional[float]]:
     """
 
     def lowest(key: str) -> float:
-        return min(v for _, v in arms[key].mean)
+        return min((v for _, v in arms[key].mean if math.isfinite(v)), default=math.inf)
 
     best = min((k for k in arms if k.startswith("sync_")), key=lowest)
     target = lowest(best)
-    return best, target, steps_to(arms[best].mean, target)
+    return best, target, (steps_to(arms[best].mean, target) if math.isfinite(target) else None)
 
 
 # ----------------------------------------------------------------------------
@@ -601,6 +601,7 @@ def recipe(
     variants: dict = gin.REQUIRED,
     batch: Optional[int] = None,
     speedup: bool = True,
+    double_batch: bool = True,
 ) -> Report:
     """Codistillation settings against the share of the ensemble's gain each captures.
 
@@ -613,11 +614,16 @@ def recipe(
       batch: B (default: the workload's).
       speedup: also report each variant's steps to the best sync baseline's
         loss (C2's target and runs: sync SGD at B and 2B, tuned).
+      double_batch: with `speedup`, sync SGD at 2B is a baseline too (as in
+        `c2_speedup`; False: sync SGD at B only).
     """
     w = ctx.workload
     batch = batch or w.batch
     lr, _ = tuned_lr(ctx, batch)
-    syncs = _sync_runs(ctx, batch, lr, tuned_lr(ctx, 2 * batch)[0]) if speedup else {}
+    syncs = {}
+    if speedup:
+        lr_2b = tuned_lr(ctx, 2 * batch)[0] if double_batch else None
+        syncs = _sync_runs(ctx, batch, lr, lr_2b)
     ind = [independent(ctx, batch, lr, s) for s in seeds(ctx)]
     cods = {}
     for name, kw in variants.items():
@@ -827,9 +833,7 @@ def _served(ctx: Context, run: Run, members: list[int], final: bool) -> tuple[in
     if final:
         return test[-1]
     val = mean_curve([ctx.runner.val_curve(run, g) for g in members])
-    step, loss = runner_lib.at_best_validation(val, test)
-    before = [s for s, _ in test if s <= step]
-    return (before[-1] if before else test[0][0]), loss
+    return runner_lib.served_point(val, test)
 
 
 @gin.configurable(module="study")
@@ -850,6 +854,8 @@ def c8_churn(
       **recipe: codistillation bindings, plus `learning_rate` (the
         codistilling groups' own rate) as in `recipe`.
     """
+    if not groups:
+        raise ValueError("study.c8_churn.groups is empty: give at least one N, e.g. [2]")
     w = ctx.workload
     batch = batch or w.batch
     lr, _ = tuned_lr(ctx, batch)
@@ -886,7 +892,7 @@ def c8_churn(
             "| --- | --- | --- | --- | --- |",
         ]
         table = raw.setdefault(served, {})
-        base = None
+        base = None  # the one-group arm's churn, the first of `kinds`
         for name, (arm_runs, members) in kinds.items():
             points = [_served(ctx, r, members, served == "final") for r in arm_runs]
             specs = [f"{ctx.runner.root(r)}:{'+'.join(map(str, members))}" for r in arm_runs]
@@ -897,7 +903,7 @@ def c8_churn(
             report = ctx.runner.churn(specs, f"{out}/{slug}.json", w.test_bindings)
             losses = [loss for _, loss in points]
             mad, dis = report["mean_abs_diff"], report["disagreement"]
-            base = base or (mad["mean"], dis["mean"])
+            base = base or (mad["mean"] or math.nan, dis["mean"] or math.nan)
             rows.append(
                 f"| {name} | {_fmt_spread(spread(losses), w.offset)} | "
                 f"{mad['mean']:.4f} [{mad['min']:.4f}, {mad['max']:.4f}] | "

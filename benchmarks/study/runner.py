@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -29,8 +30,8 @@ from typing import Any
 from typing import Optional
 
 import gin
-from absl import logging
 
+from tf_codistill import gin_quiet
 from tf_codistill import layout
 from tf_codistill import local_cluster
 
@@ -48,14 +49,12 @@ def parse_study_config(files: Sequence[str], bindings: Sequence[str] = (), **kwa
     if not _searched:  # gin.add_config_file_search_path appends on every call.
         gin.add_config_file_search_path(GIN_DIR)
         _searched.append(GIN_DIR)
-    # gin logs an error for every search path an include is not found in
-    # before the one it is; a file found nowhere still raises.
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.FATAL)
+    quiet = gin_quiet.QuietGinIncludes()  # the misses before GIN_DIR
+    logging.getLogger().addFilter(quiet)
     try:
         gin.parse_config_files_and_bindings(list(files), list(bindings), **kwargs)
     finally:
-        logging.set_verbosity(verbosity)
+        logging.getLogger().removeFilter(quiet)
 
 
 EVALUATE_RUNS = os.path.join(REPO, "benchmarks", "study", "evaluate_runs.py")
@@ -478,6 +477,17 @@ def at_best_validation(
     the nearest evaluated test step at or before it).
     """
     step = min(val, key=lambda p: (p[1], p[0]))[0]
+    return step, served_point(val, test)[1]
+
+
+def served_point(
+    val: Sequence[tuple[int, float]], test: Sequence[tuple[int, float]]
+) -> tuple[int, float]:
+    """The test curve's point early stopping serves: (its step, a kept checkpoint's; loss).
+
+    The last evaluated test step at or before the step of the lowest
+    validation loss (the first test step if none is).
+    """
+    step = min(val, key=lambda p: (p[1], p[0]))[0]
     before = [(s, v) for s, v in test if s <= step]
-    chosen = before[-1] if before else test[0]
-    return step, chosen[1]
+    return before[-1] if before else test[0]

@@ -481,12 +481,21 @@ def restored_at(run: GroupRun, step: int) -> keras.Model:
             f"{', '.join(str(r.step) for r in sorted(near, key=lambda r: r.step))}; "
             f"{len(refs)} kept, steps {refs[0].step}..{refs[-1].step})"
         )
+    model, restored = _restored(run, ref)
+    if restored != step:
+        raise errors.EvaluationError(
+            f"{run.name} of {run.root_dir}: {ref.prefix} holds step {restored}, not {step}"
+        )
+    return model
+
+
+def _restored(run: GroupRun, ref: exchange.CheckpointRef) -> tuple[keras.Model, int]:
+    """A new model of the group's architecture holding `ref`, and the step it holds."""
     model = run.config.build_model()
     try:
-        restore(model, ref.prefix)
+        return model, restore(model, ref.prefix)
     except errors.CheckpointError as e:
         raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
-    return model
 
 
 def latest_restored(run: GroupRun) -> tuple[keras.Model, int]:
@@ -501,9 +510,4 @@ def latest_restored(run: GroupRun) -> tuple[keras.Model, int]:
         raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
     if ref is None:
         raise errors.EvaluationError(f"{run.name} has no checkpoint in {run.directory}")
-    model = run.config.build_model()
-    try:
-        step = restore(model, ref.prefix)
-    except errors.CheckpointError as e:
-        raise errors.EvaluationError(f"{run.name} of {run.root_dir}: {e}") from e
-    return model, step
+    return _restored(run, ref)
