@@ -83,8 +83,12 @@ def test_a_group_restarted_after_a_kill_takes_over_and_resumes(tmp_path):
 def _forge(group_dir, heartbeat, host="elsewhere", pid=4242):
     os.makedirs(group_dir, exist_ok=True)
     record = dict(host=host, pid=pid, boot_id="b", started=heartbeat, heartbeat=heartbeat)
-    with open(layout.owner_path(group_dir), "w") as f:
+    # Atomically, as a real owner writes it: a reader must never see half a
+    # file (a test whose forging thread rewrites it while `fit` reads did).
+    temporary = layout.owner_path(group_dir) + f".forge{threading.get_ident()}"
+    with open(temporary, "w") as f:
         json.dump(dict(record, token="theirs"), f)
+    os.replace(temporary, layout.owner_path(group_dir))
 
 
 @pytest.fixture
