@@ -822,20 +822,6 @@ def _mean_teacher_age(ctx: Context, runs: Sequence[Run]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def _served(ctx: Context, run: Run, members: list[int], final: bool) -> tuple[int, float]:
-    """(step, test loss) of the model a run serves: its last, or the one early stopping chose.
-
-    For an ensemble (several members) the step is chosen on the members' mean
-    validation curve, as in `read_ensemble`; the step is one the test curve
-    evaluated (a kept checkpoint).
-    """
-    test = ctx.runner.test_curve(run, members)
-    if final:
-        return test[-1]
-    val = mean_curve([ctx.runner.val_curve(run, g) for g in members])
-    return runner_lib.served_point(val, test)
-
-
 @gin.configurable(module="study")
 def c8_churn(
     ctx: Context,
@@ -867,12 +853,14 @@ def c8_churn(
     runs = ind + [r for rs in cods.values() for r in rs]
     ctx.runner.train(runs)
     out = f"{ctx.runner.work_dir}/churn/{w.name}-{ind[0].key()}-{cods[groups[0]][0].key()}"
+    one, ens = "one group (group 0 of each retrain)", "2-way ensemble"
     kinds = {
-        "one group (group 0 of each retrain)": (ind, [0]),
-        "2-way ensemble": (ind, [0, 1]),
+        one: (read_group(ctx, ind, 0, one), ind, [0]),
+        ens: (read_ensemble(ctx, ind, ens), ind, [0, 1]),
     }
     for n in groups:
-        kinds[f"{n}-way codistillation (group 0 of each retrain)"] = (cods[n], [0])
+        name = f"{n}-way codistillation (group 0 of each retrain)"
+        kinds[name] = (read_group(ctx, cods[n], 0, name), cods[n], [0])
     rows = [
         f"B = {batch}, LR {lr:g} (codistillation: {cod_lr:g}), {w.train_steps} steps, "
         f"{retrains} retrains (seeds) of each; churn between the models of every pair of "
@@ -893,8 +881,8 @@ def c8_churn(
         ]
         table = raw.setdefault(served, {})
         base = None  # the one-group arm's churn, the first of `kinds`
-        for name, (arm_runs, members) in kinds.items():
-            points = [_served(ctx, r, members, served == "final") for r in arm_runs]
+        for name, (arm, arm_runs, members) in kinds.items():
+            points = [c[-1] for c in arm.curves] if served == "final" else arm.stopped
             specs = [f"{ctx.runner.root(r)}:{'+'.join(map(str, members))}" for r in arm_runs]
             if served != "final":
                 specs = [f"{spec}@{step}" for spec, (step, _) in zip(specs, points, strict=True)]

@@ -471,22 +471,11 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
 def at_best_validation(
     val: Sequence[tuple[int, float]], test: Sequence[tuple[int, float]]
 ) -> tuple[int, float]:
-    """(step, test loss) at the step of the lowest validation loss (early stopping).
+    """(step, test loss) of the test curve's point early stopping serves.
 
-    The step is chosen on validation only; the test loss is read there (or at
-    the nearest evaluated test step at or before it).
-    """
-    step = min(val, key=lambda p: (p[1], p[0]))[0]
-    return step, served_point(val, test)[1]
-
-
-def served_point(
-    val: Sequence[tuple[int, float]], test: Sequence[tuple[int, float]]
-) -> tuple[int, float]:
-    """The test curve's point early stopping serves: (its step, a kept checkpoint's; loss).
-
-    The last evaluated test step at or before the step of the lowest
-    validation loss (the first test step if none is).
+    The step is chosen on validation only (its lowest loss); the point is the
+    last evaluated test step at or before it (a kept checkpoint; the first
+    test step if none is).
     """
     step = min(val, key=lambda p: (p[1], p[0]))[0]
     before = [(s, v) for s, v in test if s <= step]
