@@ -110,6 +110,21 @@ class TestPacking:
             for w0, w1 in zip(results[0], other, strict=True):
                 np.testing.assert_array_equal(w0, w1)
 
+    def test_long_documents_among_many_streams(self):
+        # A few documents much longer than the rest (as in the Debian docs):
+        # every stream is still EOD + its greedy documents, padded at the end.
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(1, 40, size=120)
+        lengths[[3, 50, 51]] = [900, 1500, 700]
+        docs = [list(rng.integers(2, 258, size=n)) for n in lengths]
+        ragged = tf.ragged.constant([d + [E] for d in docs], dtype=tf.int32)
+        tokens = tf.data.Dataset.from_tensor_slices(ragged)
+        windows = [w.numpy() for w in text.pack_streams(tokens, 16, 8, finite=True)]
+        rebuilt = np.concatenate([w[:, :-1] for w in windows] + [windows[-1][:, -1:]], axis=1)
+        got = [[int(t) for t in row if t != text.PAD_ID] for row in rebuilt]
+        assert got == simulate_streams(docs, 16)
+        assert all(w.shape == (16, 9) for w in windows)
+
     def test_bad_sizes(self):
         docs = tf.data.Dataset.from_tensor_slices([[1]])
         with pytest.raises(ValueError, match="num_streams"):
