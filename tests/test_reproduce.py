@@ -105,6 +105,37 @@ def test_c1_finds_b_star_where_doubling_stops_helping(configured):
     }
 
 
+def test_c1_warns_when_b_star_rests_on_the_evaluation_grid(configured):
+    # Evaluations every 100 steps: B = 64 and 128 both first reach 1.5 at
+    # step 300 (ratio 1.00: "B* = 64"), but between evaluations 128 crosses at
+    # about 200 and 64 at 250 (ratio 0.80 < 0.85).
+    points = {
+        32: [(100, 2.2), (200, 2.0), (300, 1.9), (400, 1.8), (500, 1.5)],
+        64: [(100, 2.0), (200, 1.6), (300, 1.4)],
+        128: [(100, 1.9), (200, 1.5001), (300, 1.3)],
+    }
+    runner = FakeRunner(lambda run, groups, split: points[run.batch])
+    ctx = experiments.Context(configured, runner, seeds=2)
+    report = experiments.c1_saturation(ctx, batch_sizes=[32, 64, 128], target=1.5)
+    assert report.raw["b_star"] == 64
+    between = report.raw["interpolated_steps"]
+    assert between[32] == 500 and between[64] == pytest.approx(250)
+    assert between[128] == pytest.approx(200.05, abs=0.01)
+    grid = [c for c in report.raw["caveats"] if "evaluation grid" in c]
+    assert len(grid) == 1 and "S(2B*)/S(B*) = 0.80 < 0.85" in grid[0]
+    assert "| 64 | 0.001" in report.markdown and "| 300 [300, 300] | 250 |" in report.markdown
+
+
+def test_steps_to_interpolated():
+    curve = [(100, 2.0), (200, 1.6), (300, 1.2)]
+    assert runner_lib.steps_to_interpolated(curve, 1.4) == pytest.approx(250)
+    assert runner_lib.steps_to_interpolated(curve, 1.6) == pytest.approx(200)
+    # Already below at the first evaluation: its step (nothing is known before it).
+    assert runner_lib.steps_to_interpolated(curve, 2.5) == 100
+    assert runner_lib.steps_to_interpolated(curve, 1.0) is None
+    assert runner_lib.steps_to_interpolated([], 1.0) is None
+
+
 def test_c1_small_batches_train_for_min_examples(configured):
     # With 200 steps for every size, batch 32 (k = 0.001) never reaches the
     # target at step 700; min_examples = 64 x 1000 gives it 2000 steps (and

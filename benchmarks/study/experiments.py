@@ -30,6 +30,7 @@ from study.runner import Run
 from study.runner import mean_curve
 from study.runner import spread
 from study.runner import steps_to
+from study.runner import steps_to_interpolated
 
 
 @dataclasses.dataclass
@@ -163,12 +164,26 @@ def tuned_lr(ctx: Context, batch: int, **overrides) -> tuple[float, list[dict[st
     return best_row["lr"], table
 
 
-def _b_star_caveats(b_star, grids, means, eval_every: int) -> list[str]:
-    """Why a B* found may not be one: an untuned rate, or a target too easy to resolve."""
+def _b_star_caveats(
+    b_star, grids, means, eval_every: int, between=None, saturation_ratio: float = 0.85
+) -> list[str]:
+    """Why a B* found may not be one: an untuned rate, a target too easy to
+    resolve, or a ratio that holds only on the evaluation grid (`between`: steps
+    to target interpolated between evaluations, per size)."""
     if not b_star:
         return []
     caveats = []
     pair = (b_star, 2 * b_star)
+    if between and all(between.get(b) for b in pair):
+        ratio = between[2 * b_star] / between[b_star]
+        if ratio < saturation_ratio:
+            caveats.append(
+                f"between evaluations (the mean curves interpolated linearly), B = "
+                f"{2 * b_star} reaches the target at step {between[2 * b_star]:.0f} and "
+                f"B = {b_star} at {between[b_star]:.0f}: S(2B*)/S(B*) = {ratio:.2f} < "
+                f"{saturation_ratio}. B* rests on the evaluation grid (every {eval_every} "
+                "steps): evaluate more often before trusting it."
+            )
     if any(r.get("at_grid_edge") for b in pair for r in grids[b]):
         caveats.append(
             f"the tuned learning rate of B = {b_star} or {2 * b_star} is at its grid's edge: "
@@ -360,19 +375,21 @@ def c1_saturation(
     if target is None:
         # The highest of the sizes' best mean losses: every size reaches it.
         target = max(min(v for _, v in arms[b].mean) for b in batch_sizes)
-    steps, means = {}, {}
+    steps, means, between = {}, {}, {}
     for b in batch_sizes:
         steps[b] = [steps_to(c, target) for c in arms[b].curves]
         means[b] = steps_to(arms[b].mean, target)
+        between[b] = steps_to_interpolated(arms[b].mean, target)
     b_star = None
     rows = [
         f"Target: {_fmt(target, w.offset)} {_loss_name(ctx)}. Steps to reach it per batch size, "
-        f"on the mean test curve over {ctx.seeds} seeds (in brackets: each seed's own steps), "
+        f"on the mean test curve over {ctx.seeds} seeds (in brackets: each seed's own steps; "
+        "between evaluations: the mean curve interpolated linearly), "
         "each size at its learning rate tuned on a x2 grid on the validation split (seed 0).",
         "",
-        "| batch | tuned LR (grid) | steps to target | S(B) / S(B/2) | best test loss "
-        "| noise scale at the end |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| batch | tuned LR (grid) | steps to target | between evaluations | S(B) / S(B/2) "
+        "| best test loss | noise scale at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     previous = None
     for b in batch_sizes:
@@ -384,8 +401,9 @@ def c1_saturation(
         grid = ", ".join(f"{r['lr']:g}" for r in grids[b])
         edge = " (grid edge)" if any(r.get("at_grid_edge") for r in grids[b]) else ""
         noise = _final_noise_scale(ctx, runs[b])
+        interpolated = f"{between[b]:.0f}" if between[b] is not None else "never"
         rows.append(
-            f"| {b} | {tuned[b]:g}{edge} ({grid}) | {cell} | {ratio} | "
+            f"| {b} | {tuned[b]:g}{edge} ({grid}) | {cell} | {interpolated} | {ratio} | "
             f"{_fmt_spread(arms[b].stopped_loss(), w.offset)} | {noise} |"
         )
         previous = b
@@ -401,7 +419,7 @@ def c1_saturation(
         else f"**Not saturated** within {list(batch_sizes)}: doubling the batch still cut "
         f"the steps by more than {1 / saturation_ratio:.2f}x at every size."
     )
-    caveats = _b_star_caveats(b_star, grids, means, w.eval_every)
+    caveats = _b_star_caveats(b_star, grids, means, w.eval_every, between, saturation_ratio)
     rows += ["", verdict] + [f"**Caution:** {c}" for c in caveats]
     raw = {
         "target": target,
@@ -409,6 +427,7 @@ def c1_saturation(
         "lr_grids": grids,
         "steps": steps,
         "mean_steps": means,
+        "interpolated_steps": between,
         "b_star": b_star,
         "caveats": caveats,
     }

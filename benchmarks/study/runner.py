@@ -446,6 +446,23 @@ def steps_to(curve: Sequence[tuple[int, float]], target: float) -> Optional[int]
     return next((s for s, v in curve if v <= target), None)
 
 
+def steps_to_interpolated(curve: Sequence[tuple[int, float]], target: float) -> Optional[float]:
+    """Where the curve crosses `target`, linearly between the evaluations around it.
+
+    The first evaluation's step if it is already at or below the target (the
+    loss before it is unknown); None if the curve never reaches it.
+    """
+    previous = None
+    for step, value in curve:
+        if value <= target:
+            if previous is None:
+                return float(step)
+            (s0, v0) = previous
+            return s0 + (step - s0) * (v0 - target) / (v0 - value)
+        previous = (step, value)
+    return None
+
+
 def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
     """The mean over curves at the steps all of them evaluated."""
     if not curves:
