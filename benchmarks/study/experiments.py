@@ -165,11 +165,12 @@ def tuned_lr(ctx: Context, batch: int, **overrides) -> tuple[float, list[dict[st
 
 
 def _b_star_caveats(
-    b_star, grids, means, eval_every: int, between=None, saturation_ratio: float = 0.85
+    b_star, grids, means, interval: int, between=None, saturation_ratio: float = 0.85
 ) -> list[str]:
     """Why a B* found may not be one: an untuned rate, a target too easy to
-    resolve, or a ratio that holds only on the evaluation grid (`between`: steps
-    to target interpolated between evaluations, per size)."""
+    resolve, or a ratio that holds only on the evaluation grid (`interval`: the
+    steps between the test curves' points; `between`: steps to target
+    interpolated between them, per size)."""
     if not b_star:
         return []
     caveats = []
@@ -181,7 +182,7 @@ def _b_star_caveats(
                 f"between evaluations (the mean curves interpolated linearly), B = "
                 f"{2 * b_star} reaches the target at step {between[2 * b_star]:.0f} and "
                 f"B = {b_star} at {between[b_star]:.0f}: S(2B*)/S(B*) = {ratio:.2f} < "
-                f"{saturation_ratio}. B* rests on the evaluation grid (every {eval_every} "
+                f"{saturation_ratio}. B* rests on the evaluation grid (every {interval} "
                 "steps): evaluate more often before trusting it."
             )
     if any(r.get("at_grid_edge") for b in pair for r in grids[b]):
@@ -189,9 +190,9 @@ def _b_star_caveats(
             f"the tuned learning rate of B = {b_star} or {2 * b_star} is at its grid's edge: "
             "widen the grid (study.lr_grid.grid) before trusting B*."
         )
-    if means[2 * b_star] <= 2 * eval_every:
+    if means[2 * b_star] <= 2 * interval:
         caveats.append(
-            f"B = {2 * b_star} reached the target within two evaluations (every {eval_every} "
+            f"B = {2 * b_star} reached the target within two evaluations (every {interval} "
             "steps): the target is too easy to tell the sizes apart; lower it "
             "(study.c1_saturation.target) or evaluate more often."
         )
@@ -419,7 +420,13 @@ def c1_saturation(
         else f"**Not saturated** within {list(batch_sizes)}: doubling the batch still cut "
         f"the steps by more than {1 / saturation_ratio:.2f}x at every size."
     )
-    caveats = _b_star_caveats(b_star, grids, means, w.eval_every, between, saturation_ratio)
+    # The test curves are evaluated at the kept checkpoints, which may be
+    # sparser than `eval_every` (one per exchange): their spacing is the
+    # resolution of steps-to-target.
+    spacing = w.eval_every
+    if b_star and len(arms[b_star].mean) > 1:
+        spacing = arms[b_star].mean[1][0] - arms[b_star].mean[0][0]
+    caveats = _b_star_caveats(b_star, grids, means, spacing, between, saturation_ratio)
     rows += ["", verdict] + [f"**Caution:** {c}" for c in caveats]
     raw = {
         "target": target,
