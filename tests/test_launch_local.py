@@ -25,12 +25,12 @@ def test_two_groups_and_baseline_as_processes(tmp_path):
             "--gin_file=demo/tiny.gin",
             "--num_groups=2",
             f"--root_dir={tmp_path}",
-            "--timeout_s=240",
+            "--timeout_s=480",
             "--grace_s=5",
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=540,
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
@@ -94,13 +94,13 @@ def test_a_run_without_distillation_fails_unless_allowed(tmp_path):
                 "--num_groups=2",
                 "--nobaseline",
                 f"--root_dir={root}",
-                "--timeout_s=240",
+                "--timeout_s=480",
                 "--grace_s=5",
                 *(["--allow_no_distillation"] if allow else []),
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=540,
         )
         outputs[allow] = (result.returncode, result.stdout + result.stderr)
         for g in (0, 1):
