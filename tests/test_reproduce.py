@@ -123,6 +123,9 @@ def test_c1_warns_when_b_star_rests_on_the_evaluation_grid(configured):
     assert between[128] == pytest.approx(200.05, abs=0.01)
     grid = [c for c in report.raw["caveats"] if "evaluation grid" in c]
     assert len(grid) == 1 and "S(2B*)/S(B*) = 0.80 < 0.85" in grid[0]
+    # The curves' own spacing, not the workload's eval_every (10 here): test
+    # curves are read at the kept checkpoints.
+    assert "every 100 steps" in grid[0]
     assert "| 64 | 0.001" in report.markdown and "| 300 [300, 300] | 250 |" in report.markdown
 
 
@@ -134,6 +137,8 @@ def test_steps_to_interpolated():
     assert runner_lib.steps_to_interpolated(curve, 2.5) == 100
     assert runner_lib.steps_to_interpolated(curve, 1.0) is None
     assert runner_lib.steps_to_interpolated([], 1.0) is None
+    # After a non-finite evaluation nothing is known in between: its own step.
+    assert runner_lib.steps_to_interpolated([(100, math.nan), (200, 1.2)], 1.4) == 200
 
 
 def test_c1_small_batches_train_for_min_examples(configured):

@@ -19,6 +19,7 @@ whose two groups are also the members of the ensemble baseline.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -175,7 +176,7 @@ def _b_star_caveats(
         return []
     caveats = []
     pair = (b_star, 2 * b_star)
-    if between and all(between.get(b) for b in pair):
+    if between and all(between.get(b) is not None for b in pair):
         ratio = between[2 * b_star] / between[b_star]
         if ratio < saturation_ratio:
             caveats.append(
@@ -424,8 +425,13 @@ def c1_saturation(
     # sparser than `eval_every` (one per exchange): their spacing is the
     # resolution of steps-to-target.
     spacing = w.eval_every
-    if b_star and len(arms[b_star].mean) > 1:
-        spacing = arms[b_star].mean[1][0] - arms[b_star].mean[0][0]
+    if b_star:
+        gaps = [
+            b2[0] - b1[0]
+            for b in (b_star, 2 * b_star)
+            for b1, b2 in itertools.pairwise(arms[b].mean)
+        ]
+        spacing = max(gaps, default=spacing)
     caveats = _b_star_caveats(b_star, grids, means, spacing, between, saturation_ratio)
     rows += ["", verdict] + [f"**Caution:** {c}" for c in caveats]
     raw = {

@@ -449,8 +449,8 @@ def steps_to(curve: Sequence[tuple[int, float]], target: float) -> Optional[int]
 def steps_to_interpolated(curve: Sequence[tuple[int, float]], target: float) -> Optional[float]:
     """Where the curve crosses `target`, linearly between the evaluations around it.
 
-    The first evaluation's step if it is already at or below the target (the
-    loss before it is unknown); None if the curve never reaches it.
+    The evaluation's own step if it is the first, or the one before is not
+    finite (the loss in between is unknown); None if the curve never reaches it.
     """
     previous = None
     for step, value in curve:
@@ -458,6 +458,8 @@ def steps_to_interpolated(curve: Sequence[tuple[int, float]], target: float) -> 
             if previous is None:
                 return float(step)
             (s0, v0) = previous
+            if not math.isfinite(v0):
+                return float(step)
             return s0 + (step - s0) * (v0 - target) / (v0 - value)
         previous = (step, value)
     return None
