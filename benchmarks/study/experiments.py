@@ -166,7 +166,7 @@ def tuned_lr(ctx: Context, batch: int, **overrides) -> tuple[float, list[dict[st
 
 
 def _b_star_caveats(
-    b_star, grids, means, interval: int, between=None, saturation_ratio: float = 0.85
+    b_star, grids, means, interval: int, between, saturation_ratio: float
 ) -> list[str]:
     """Why a B* found may not be one: an untuned rate, a target too easy to
     resolve, or a ratio that holds only on the evaluation grid (`interval`: the
@@ -176,7 +176,7 @@ def _b_star_caveats(
         return []
     caveats = []
     pair = (b_star, 2 * b_star)
-    if between and all(between.get(b) is not None for b in pair):
+    if all(between.get(b) is not None for b in pair):
         ratio = between[2 * b_star] / between[b_star]
         if ratio < saturation_ratio:
             caveats.append(
