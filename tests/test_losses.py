@@ -146,6 +146,38 @@ class SoftmaxLossTest(tf.test.TestCase):
         targets = loss.aggregate([_t([[0.0, 1.0], [2.0, 0.0]])], _t([1.0]))
         self.assertAllEqual(loss.agreement(targets, _t([[0.0, 3.0], [0.0, 3.0]])), [1.0, 0.0])
 
+    def test_gradient_is_softmax_minus_averaged_teachers(self):
+        # d psi / d s = T (softmax(s / T) - q) with q the peers' mean distribution,
+        # for one and for two peers (the fused kernel's gradient, by hand).
+        rng = np.random.default_rng(0)
+        student = tf.constant(rng.normal(size=(3, 4, 5)), tf.float32)
+        teachers = [tf.constant(rng.normal(size=(3, 4, 5)), tf.float32) for _ in range(2)]
+        cases = [
+            (cls, peers, t)
+            for cls in (losses.SoftmaxCrossEntropy, losses.KLDivergence)
+            for peers, t in ((teachers[:1], 1.0), (teachers, 2.0))
+        ]
+        for cls, peers, temperature in cases:
+            loss = cls(temperature)
+            with tf.GradientTape() as tape:
+                tape.watch(student)
+                total = tf.reduce_sum(loss(peers, student))
+            q = np.mean([tf.nn.softmax(t / temperature).numpy() for t in peers], axis=0)
+            expected = temperature * (tf.nn.softmax(student / temperature).numpy() - q) / 4
+            self.assertAllClose(tape.gradient(total, student), expected, atol=1e-6)
+
+    def test_every_peer_left_out_gives_no_loss_and_no_gradient(self):
+        # q = 0 everywhere: the fused kernel alone would still pull by softmax(s).
+        student = _t([[0.0, 3.0], [1.0, -1.0]])
+        for loss in (losses.SoftmaxCrossEntropy(), losses.KLDivergence()):
+            for teachers in ([_t([[0.0, LN3], [1.0, 0.0]])], [_t([[0.0, LN3], [1.0, 0.0]])] * 2):
+                with tf.GradientTape() as tape:
+                    tape.watch(student)
+                    out = loss(teachers, student, tf.zeros([len(teachers)]))
+                    total = tf.reduce_sum(out)
+                self.assertAllEqual(out, [0.0, 0.0])
+                self.assertAllEqual(tape.gradient(total, student), tf.zeros([2, 2]))
+
     def test_single_class_head_rejected(self):
         with self.assertRaisesRegex(ValueError, "sigmoid_cross_entropy"):
             losses.SoftmaxCrossEntropy()([_t([[0.0]])], _t([[0.0]]))
