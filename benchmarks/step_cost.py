@@ -7,7 +7,8 @@ one step in turn (round-robin, same process, each on its own iterator over
 the same cached batches), so drifts in machine speed hit all of them alike,
 and the statistics are over single steps.
 
-For each workload (an MLP and an LSTM language model, `WORKLOADS`):
+For each workload (an MLP, an LSTM language model and the study's causal
+convolutional byte LM at B = 512, `WORKLOADS`):
 
 1. Single steps, round-robin (`--mlp_rounds`, `--lstm_rounds` per variant):
      plain             the student's tf_keras train step
@@ -20,6 +21,9 @@ For each workload (an MLP and an LSTM language model, `WORKLOADS`):
      codistill-3-random, codistill-3-round_robin
                        three peers, one teacher slot (`random_peer`,
                        `round_robin`): one teacher forward for any N
+     codistill-1-unfused (`--unfused_psi`) one peer with the library's psi
+                       before it used the fused cross-entropy kernel
+                       (`UnfusedCrossEntropy` below): what the fusion saves
      keras3-plain      the same student in Keras 3
      keras3-distiller  Keras 3's `keras.distillation.Distiller`, 1 teacher
    Keras 3's Distiller is compared with Keras 3's own plain step.
@@ -69,6 +73,12 @@ WORKLOADS = {
     "mlp": dict(batch=256, examples=256 * 16, input_dim=64, classes=10, hidden=(1024, 1024, 1024)),
     # Byte-level LM: 2 x LSTM 256 on 64-token sequences, batch 32 (0.9 M parameters).
     "lstm": dict(batch=32, examples=32 * 8, length=64, vocab=256, embed=64, units=256),
+    # The study's byte LM (gin/lm/conv.gin, 0.27 M parameters) at its near-saturated
+    # batch: 512 streams of 32 bytes, a 258-way softmax at every position, so
+    # psi and the softmax are a large share of the step.
+    "convlm": dict(
+        batch=512, examples=512 * 4, length=32, vocab=258, embed=32, context=16, hidden=(256, 256)
+    ),
 }
 EXCHANGE_EVERY = 50
 # Exchange runs: where a timed block starts, relative to an exchange boundary
@@ -143,6 +153,8 @@ def step_ratios(times, half):
         if have(f"codistill-3-{rule}", "codistill-1"):
             # Flat in N: 3 peers (one sampled slot) cost what 1 peer does.
             d[f"3_{rule}_over_1"] = med[f"codistill-3-{rule}"] / med["codistill-1"]
+    if have("codistill-1-unfused", "codistill-1"):
+        d["unfused_over_fused"] = med["codistill-1-unfused"] / med["codistill-1"]
     if have("keras3-plain", "keras3-distiller"):
         d["distiller_over_keras3_plain"] = med["keras3-distiller"] / med["keras3-plain"]
         d["keras3_plain_over_plain"] = med["keras3-plain"] / med["plain"]
@@ -267,8 +279,9 @@ def _steps_tables(steps, half):
         "",
         "| workload | bound (1 + teacher) | codistill-1 / bound (<= 1.05) | overhead float32 "
         f"| overhead {half} | {half} cut (>= 25%) | 3 all / 1 | 3 random / 1 | "
-        "3 round robin / 1 | Distiller / Keras 3 plain | Keras 3 plain / plain |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "3 round robin / 1 | Distiller / Keras 3 plain | Keras 3 plain / plain "
+        "| unfused psi / fused |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for workload, r in steps.items():
         d = r["derived"]
@@ -281,7 +294,8 @@ def _steps_tables(steps, half):
             f"{pct('overhead_float32')} | {pct(f'overhead_{half}')} | {pct('half_cut')} | "
             f"{_x(d.get('3_all_over_1'))} | {_x(d.get('3_random_over_1'))} | "
             f"{_x(d.get('3_round_robin_over_1'))} | "
-            f"{_x(d.get('distiller_over_keras3_plain'))} | {_x(d.get('keras3_plain_over_plain'))} |"
+            f"{_x(d.get('distiller_over_keras3_plain'))} | {_x(d.get('keras3_plain_over_plain'))} "
+            f"| {_x(d.get('unfused_over_fused'))} |"
         )
     return lines
 
@@ -373,6 +387,11 @@ def build(framework, workload, seed):
         return k.Model(inputs, k.layers.Dense(w["classes"])(h))
     inputs = k.Input((w["length"],), dtype="int32")
     h = k.layers.Embedding(w["vocab"], w["embed"])(inputs)
+    if workload == "convlm":  # As tf_codistill.models.conv_lm builds it.
+        h = k.layers.Conv1D(w["hidden"][0], w["context"], padding="causal", activation="relu")(h)
+        for units in w["hidden"][1:]:
+            h = k.layers.Dense(units, activation="relu")(h)
+        return k.Model(inputs, k.layers.Dense(w["vocab"])(h))
     h = k.layers.LSTM(w["units"], return_sequences=True)(h)
     h = k.layers.LSTM(w["units"], return_sequences=True)(h)
     return k.Model(inputs, k.layers.Dense(w["vocab"])(h))
@@ -399,6 +418,38 @@ def _sync(outputs):
     leaves = tf.nest.flatten(outputs)
     if leaves:
         np.asarray(leaves[0])
+
+
+class UnfusedCrossEntropy:
+    """The library's psi before the fused kernel, kept to measure what the fusion saves.
+
+    Built on first use (TensorFlow is imported late here): a
+    `SoftmaxCrossEntropy` whose pointwise loss is log_softmax, product and
+    sum, and whose one-peer targets go through the stack and logsumexp.
+    """
+
+    @staticmethod
+    def make():
+        import tensorflow as tf
+
+        from tf_codistill import losses
+
+        class Unfused(losses.SoftmaxCrossEntropy):
+            def aggregate(self, teacher_logits, peer_weights):
+                w = tf.math.divide_no_nan(peer_weights, tf.reduce_sum(peer_weights))
+                log_probs = [
+                    tf.where(w[j] > 0, tf.nn.log_softmax(t, axis=-1), float("-inf"))
+                    for j, t in enumerate(teacher_logits)
+                ]
+                stacked = tf.stack(log_probs, 0)
+                log_w = tf.reshape(tf.math.log(w), [-1] + [1] * (stacked.shape.rank - 1))
+                return tf.reduce_logsumexp(stacked + log_w, axis=0)
+
+            def pointwise(self, targets, student_logits):
+                log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32), axis=-1)
+                return -tf.reduce_sum(tf.exp(targets) * log_p, axis=-1)
+
+        return Unfused()
 
 
 def codistill_model(workload, exchange_dir, peers, **kwargs):
@@ -489,6 +540,7 @@ class StepVariant:
             "codistill-3-all": (3, {"peer_selection": "all_peers"}),
             "codistill-3-random": (3, {"peer_selection": "random_peer"}),
             "codistill-3-round_robin": (3, {"peer_selection": "round_robin"}),
+            "codistill-1-unfused": (1, {"distill_loss": UnfusedCrossEntropy.make()}),
         }[name]
         model, _ = codistill_model(workload, tempfile.mkdtemp(), peers, **kwargs)
         outcomes = model.reload_teachers()
@@ -525,7 +577,7 @@ class StepVariant:
         return time.perf_counter() - start
 
 
-def step_variants(half, keras3, xla):
+def step_variants(half, keras3, xla, unfused=False):
     names = [
         "plain",
         "teacher",
@@ -540,13 +592,15 @@ def step_variants(half, keras3, xla):
         names += ["keras3-plain", "keras3-distiller"]
     if xla:
         names += ["teacherxla", f"teacherxla-{half}"]
+    if unfused:
+        names += ["codistill-1-unfused"]
     return names
 
 
-def time_steps(workload, rounds, half, keras3, xla, warmup=5):
+def time_steps(workload, rounds, half, keras3, xla, unfused=False, warmup=5):
     """Round-robin single steps of every variant; ratios and teacher memory."""
     variants = []
-    for name in step_variants(half, keras3, xla):
+    for name in step_variants(half, keras3, xla, unfused):
         print(f"  building {name}", flush=True)
         variants.append(StepVariant(name, workload, half))
     for v in variants:  # Trace and warm up.
@@ -818,9 +872,10 @@ def main(argv):
         for workload in FLAGS.workloads:
             rounds = FLAGS.mlp_rounds if workload == "mlp" else FLAGS.lstm_rounds
             blocks = FLAGS.mlp_blocks if workload == "mlp" else FLAGS.lstm_blocks
+            keras3 = FLAGS.keras3 and workload != "convlm"  # Its Distiller: MLP and LSTM.
             if "steps" in FLAGS.parts:
                 print(f"[{workload}] single steps, {rounds} rounds ({_now()})", flush=True)
-                r = time_steps(workload, rounds, half, FLAGS.keras3, FLAGS.xla_teacher)
+                r = time_steps(workload, rounds, half, keras3, FLAGS.xla_teacher, FLAGS.unfused_psi)
                 results["steps"][workload] = r
                 print(json.dumps(r["derived"]), flush=True)
             if "exchanges" in FLAGS.parts:
@@ -844,14 +899,16 @@ def main(argv):
 
 def define_flags():
     """The program's flags (defined only when run, so tests can import the helpers)."""
-    flags.DEFINE_list("workloads", ["mlp", "lstm"], "Which models to time.")
+    flags.DEFINE_list("workloads", ["mlp", "lstm"], f"Which models to time: {list(WORKLOADS)}.")
     flags.DEFINE_list(
         "parts", ["steps", "exchanges", "io"], "Which measurements (1, 2, 3 of the module doc)."
     )
     flags.DEFINE_integer("mlp_rounds", 150, "Timed single steps per variant, MLP.")
-    flags.DEFINE_integer("lstm_rounds", 40, "Timed single steps per variant, LSTM.")
+    flags.DEFINE_integer("lstm_rounds", 40, "Timed single steps per variant, LSTM and conv LM.")
     flags.DEFINE_integer("mlp_blocks", 6, "Exchange runs: timed 50-step blocks per run, MLP.")
-    flags.DEFINE_integer("lstm_blocks", 2, "Exchange runs: timed 50-step blocks per run, LSTM.")
+    flags.DEFINE_integer(
+        "lstm_blocks", 2, "Exchange runs: timed 50-step blocks per run, LSTM and conv LM."
+    )
     flags.DEFINE_string(
         "device", None, "Where to run, e.g. /GPU:0 or /CPU:0 (default: GPU if any)."
     )
@@ -863,6 +920,7 @@ def define_flags():
     )
     flags.DEFINE_bool("keras3", True, "Also time Keras 3's plain step and its Distiller.")
     flags.DEFINE_bool("xla_teacher", False, "Also time the teacher forward XLA-compiled.")
+    flags.DEFINE_bool("unfused_psi", False, "Also time one peer with the pre-fusion psi.")
     flags.DEFINE_bool(
         "low_priority", True, "Exchange runs: also the experiment with low-priority helper threads."
     )
