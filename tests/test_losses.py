@@ -166,8 +166,22 @@ class SoftmaxLossTest(tf.test.TestCase):
             expected = temperature * (tf.nn.softmax(student / temperature).numpy() - q) / 4
             self.assertAllClose(tape.gradient(total, student), expected, atol=1e-6)
 
+    def test_gradient_is_exact_for_targets_that_do_not_sum_to_one(self):
+        # A custom aggregate may return unnormalised targets (here q / 2 and
+        # q = 1 per class): d/ds -sum q log softmax(s) = sum(q) softmax(s) - q.
+        student = _t([[0.5, -1.0, 2.0]])
+        q = np.array([[0.1, 0.3, 0.6]])
+        for scale in (0.5, 2.0, 3.0):
+            targets = tf.constant(np.log(q * scale), tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(student)
+                total = tf.reduce_sum(losses.SoftmaxCrossEntropy().pointwise(targets, student))
+            p = tf.nn.softmax(student).numpy()
+            expected = (q * scale).sum() * p - q * scale
+            self.assertAllClose(tape.gradient(total, student), expected, atol=1e-6)
+
     def test_every_peer_left_out_gives_no_loss_and_no_gradient(self):
-        # q = 0 everywhere: the fused kernel alone would still pull by softmax(s).
+        # q = 0 everywhere: the fused kernel's own gradient would be softmax(s).
         student = _t([[0.0, 3.0], [1.0, -1.0]])
         for loss in (losses.SoftmaxCrossEntropy(), losses.KLDivergence()):
             for teachers in ([_t([[0.0, LN3], [1.0, 0.0]])], [_t([[0.0, LN3], [1.0, 0.0]])] * 2):

@@ -371,18 +371,21 @@ def _fused_cross_entropy(targets: tf.Tensor, student_logits: tf.Tensor, temperat
     """T^2 * -sum_c q_c log softmax(s / T)_c per position, q = exp(targets).
 
     One fused kernel (`softmax_cross_entropy_with_logits`) computes the loss
-    and its gradient softmax(s / T) - q; against a log_softmax, a product and
-    a sum, and their gradients, that is 20-25% less time for psi on an LM's
-    `[batch, time, 258]` logits (docs/benchmarks.md). The kernel's gradient
-    assumes q sums to 1, which the aggregated targets do, except where every
-    peer is left out (q = 0, the loss 0): there the loss is cut off with
-    `tf.where`, whose gradient is then 0, as the loss's is.
+    and its gradient, in place of a log_softmax, a product and a sum and their
+    gradients: 3.6% of a one-peer step of the conv byte LM at B = 512
+    (docs/benchmarks.md). The kernel's gradient, softmax - labels, holds only
+    for labels that sum to 1, so it gets q / m and the loss is scaled back by
+    m = sum_c q_c: the gradient m softmax - q is exact for any q >= 0,
+    including targets that are not normalised and q = 0 where every peer is
+    left out (loss and gradient 0).
     """
     q = tf.exp(targets)
+    mass = tf.reduce_sum(q, axis=-1, keepdims=True)
     logits = _as_float32(student_logits) / temperature
-    cross = tf.nn.softmax_cross_entropy_with_logits(labels=q, logits=logits, axis=-1)
-    has_target = tf.reduce_sum(q, axis=-1) > 0
-    return tf.where(has_target, cross, tf.zeros_like(cross)) * temperature**2
+    cross = tf.nn.softmax_cross_entropy_with_logits(
+        labels=tf.math.divide_no_nan(q, mass), logits=logits, axis=-1
+    )
+    return cross * tf.squeeze(mass, -1) * temperature**2
 
 
 class SoftmaxCrossEntropy(_SoftmaxLoss):
