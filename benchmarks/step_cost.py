@@ -155,6 +155,14 @@ def step_ratios(times, half):
             d[f"3_{rule}_over_1"] = med[f"codistill-3-{rule}"] / med["codistill-1"]
     if have("codistill-1-unfused", "codistill-1"):
         d["unfused_over_fused"] = med["codistill-1-unfused"] / med["codistill-1"]
+        # Per round, the two steps taken in the same round: the paired ratio and
+        # how many rounds the unfused step was the slower one.
+        unfused, fused = times["codistill-1-unfused"], times["codistill-1"]
+        d["unfused_over_fused_paired"] = paired_ratios(unfused, fused)
+        d["unfused_slower_rounds"] = [
+            sum(u > f for u, f in zip(unfused, fused, strict=True)),
+            len(fused),
+        ]
     if have("keras3-plain", "keras3-distiller"):
         d["distiller_over_keras3_plain"] = med["keras3-distiller"] / med["keras3-plain"]
         d["keras3_plain_over_plain"] = med["keras3-plain"] / med["plain"]
@@ -295,9 +303,19 @@ def _steps_tables(steps, half):
             f"{_x(d.get('3_all_over_1'))} | {_x(d.get('3_random_over_1'))} | "
             f"{_x(d.get('3_round_robin_over_1'))} | "
             f"{_x(d.get('distiller_over_keras3_plain'))} | {_x(d.get('keras3_plain_over_plain'))} "
-            f"| {_x(d.get('unfused_over_fused'))} |"
+            f"| {_unfused(d)} |"
         )
     return lines
+
+
+def _unfused(d):
+    if "unfused_over_fused" not in d:
+        return ""
+    p, (slower, rounds) = d["unfused_over_fused_paired"], d["unfused_slower_rounds"]
+    return (
+        f"{_x(d['unfused_over_fused'])} (paired {p['median']:.3f}, {p['q1']:.2f}-{p['q3']:.2f}; "
+        f"slower in {slower} of {rounds} rounds)"
+    )
 
 
 def _exchange_table(exchanges, priority_note=None):
@@ -425,7 +443,8 @@ class UnfusedCrossEntropy:
 
     Built on first use (TensorFlow is imported late here): a
     `SoftmaxCrossEntropy` whose pointwise loss is log_softmax, product and
-    sum, and whose one-peer targets go through the stack and logsumexp.
+    sum, and whose one-peer targets go through the stack and logsumexp. The
+    old math at T = 1 with float32 logits only (what the benchmark runs).
     """
 
     @staticmethod

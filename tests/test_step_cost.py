@@ -83,6 +83,22 @@ def test_step_ratios_per_variant_and_missing_variants():
     assert "over_bound_float32" in r["derived"]
 
 
+def test_unfused_psi_against_fused_per_round():
+    # Rounds of the fused step: 100, 100, 100, 100 ms; unfused: 110, 90, 120, 105.
+    # Ratio of medians: 107.5 / 100; per round 1.1, 0.9, 1.2, 1.05 (median 1.075);
+    # the unfused step was the slower one in 3 of 4 rounds.
+    times = {
+        "plain": [0.08] * 4,
+        "codistill-1": [0.1] * 4,
+        "codistill-1-unfused": [0.11, 0.09, 0.12, 0.105],
+    }
+    d = step_cost.step_ratios(times, "bfloat16")["derived"]
+    assert d["unfused_over_fused"] == pytest.approx(1.075)
+    assert d["unfused_over_fused_paired"]["median"] == pytest.approx(1.075)
+    assert d["unfused_slower_rounds"] == [3, 4]
+    assert "unfused_over_fused" not in step_cost.step_ratios(step_times(), "bfloat16")["derived"]
+
+
 def test_exchange_summary_against_the_median_without_exchanges():
     # Without exchanges every step takes 50 ms. With them, 98 steps of 50 ms
     # and 2 of 150 ms: numpy's p99 (index 98.01 of the sorted 100) is 150,
