@@ -23,7 +23,7 @@ convolutional byte LM at B = 512, `WORKLOADS`):
                        `round_robin`): one teacher forward for any N
      codistill-1-unfused (`--unfused_psi`) one peer with the library's psi
                        before it used the fused cross-entropy kernel
-                       (`UnfusedCrossEntropy` below): what the fusion saves
+                       (`unfused_cross_entropy` below): what the fusion saves
      keras3-plain      the same student in Keras 3
      keras3-distiller  Keras 3's `keras.distillation.Distiller`, 1 teacher
    Keras 3's Distiller is compared with Keras 3's own plain step.
@@ -397,6 +397,10 @@ def build(framework, workload, seed):
         import tf_keras as k
     k.utils.set_random_seed(seed)
     w = WORKLOADS[workload]
+    if workload == "convlm":  # The library's model (tf_keras only: no Distiller run for it).
+        from tf_codistill.models.conv_lm import conv_lm
+
+        return conv_lm(w["vocab"], w["embed"], w["context"], w["hidden"])
     if workload == "mlp":
         inputs = k.Input((w["input_dim"],))
         h = inputs
@@ -405,11 +409,6 @@ def build(framework, workload, seed):
         return k.Model(inputs, k.layers.Dense(w["classes"])(h))
     inputs = k.Input((w["length"],), dtype="int32")
     h = k.layers.Embedding(w["vocab"], w["embed"])(inputs)
-    if workload == "convlm":  # As tf_codistill.models.conv_lm builds it.
-        h = k.layers.Conv1D(w["hidden"][0], w["context"], padding="causal", activation="relu")(h)
-        for units in w["hidden"][1:]:
-            h = k.layers.Dense(units, activation="relu")(h)
-        return k.Model(inputs, k.layers.Dense(w["vocab"])(h))
     h = k.layers.LSTM(w["units"], return_sequences=True)(h)
     h = k.layers.LSTM(w["units"], return_sequences=True)(h)
     return k.Model(inputs, k.layers.Dense(w["vocab"])(h))
@@ -438,37 +437,33 @@ def _sync(outputs):
         np.asarray(leaves[0])
 
 
-class UnfusedCrossEntropy:
+def unfused_cross_entropy():
     """The library's psi before the fused kernel, kept to measure what the fusion saves.
 
-    Built on first use (TensorFlow is imported late here): a
-    `SoftmaxCrossEntropy` whose pointwise loss is log_softmax, product and
+    A `SoftmaxCrossEntropy` whose pointwise loss is log_softmax, product and
     sum, and whose one-peer targets go through the stack and logsumexp. The
     old math at T = 1 with float32 logits only (what the benchmark runs).
     """
+    import tensorflow as tf
 
-    @staticmethod
-    def make():
-        import tensorflow as tf
+    from tf_codistill import losses
 
-        from tf_codistill import losses
+    class Unfused(losses.SoftmaxCrossEntropy):
+        def aggregate(self, teacher_logits, peer_weights):
+            w = tf.math.divide_no_nan(peer_weights, tf.reduce_sum(peer_weights))
+            log_probs = [
+                tf.where(w[j] > 0, tf.nn.log_softmax(t, axis=-1), float("-inf"))
+                for j, t in enumerate(teacher_logits)
+            ]
+            stacked = tf.stack(log_probs, 0)
+            log_w = tf.reshape(tf.math.log(w), [-1] + [1] * (stacked.shape.rank - 1))
+            return tf.reduce_logsumexp(stacked + log_w, axis=0)
 
-        class Unfused(losses.SoftmaxCrossEntropy):
-            def aggregate(self, teacher_logits, peer_weights):
-                w = tf.math.divide_no_nan(peer_weights, tf.reduce_sum(peer_weights))
-                log_probs = [
-                    tf.where(w[j] > 0, tf.nn.log_softmax(t, axis=-1), float("-inf"))
-                    for j, t in enumerate(teacher_logits)
-                ]
-                stacked = tf.stack(log_probs, 0)
-                log_w = tf.reshape(tf.math.log(w), [-1] + [1] * (stacked.shape.rank - 1))
-                return tf.reduce_logsumexp(stacked + log_w, axis=0)
+        def pointwise(self, targets, student_logits):
+            log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32), axis=-1)
+            return -tf.reduce_sum(tf.exp(targets) * log_p, axis=-1)
 
-            def pointwise(self, targets, student_logits):
-                log_p = tf.nn.log_softmax(tf.cast(student_logits, tf.float32), axis=-1)
-                return -tf.reduce_sum(tf.exp(targets) * log_p, axis=-1)
-
-        return Unfused()
+    return Unfused()
 
 
 def codistill_model(workload, exchange_dir, peers, **kwargs):
@@ -559,7 +554,7 @@ class StepVariant:
             "codistill-3-all": (3, {"peer_selection": "all_peers"}),
             "codistill-3-random": (3, {"peer_selection": "random_peer"}),
             "codistill-3-round_robin": (3, {"peer_selection": "round_robin"}),
-            "codistill-1-unfused": (1, {"distill_loss": UnfusedCrossEntropy.make()}),
+            "codistill-1-unfused": (1, {"distill_loss": unfused_cross_entropy()}),
         }[name]
         model, _ = codistill_model(workload, tempfile.mkdtemp(), peers, **kwargs)
         outcomes = model.reload_teachers()

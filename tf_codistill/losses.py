@@ -367,19 +367,18 @@ class _SoftmaxLoss(DistillationLoss):
         return config
 
 
-def _fused_cross_entropy(targets: tf.Tensor, student_logits: tf.Tensor, temperature: float):
-    """T^2 * -sum_c q_c log softmax(s / T)_c per position, q = exp(targets).
+def _fused_cross_entropy(q: tf.Tensor, student_logits: tf.Tensor, temperature: float):
+    """T^2 * -sum_c q_c log softmax(s / T)_c per position; q: the targets' probabilities.
 
     One fused kernel (`softmax_cross_entropy_with_logits`) computes the loss
     and its gradient, in place of a log_softmax, a product and a sum and their
-    gradients: 3.6% of a one-peer step of the conv byte LM at B = 512
+    gradients: 1-4% of a one-peer step of the conv byte LM at B = 512
     (docs/benchmarks.md). The kernel's gradient, softmax - labels, holds only
     for labels that sum to 1, so it gets q / m and the loss is scaled back by
     m = sum_c q_c: the gradient m softmax - q is exact for any q >= 0,
     including targets that are not normalised and q = 0 where every peer is
     left out (loss and gradient 0).
     """
-    q = tf.exp(targets)
     mass = tf.reduce_sum(q, axis=-1, keepdims=True)
     logits = _as_float32(student_logits) / temperature
     cross = tf.nn.softmax_cross_entropy_with_logits(
@@ -401,7 +400,7 @@ class SoftmaxCrossEntropy(_SoftmaxLoss):
     name = "softmax_cross_entropy"
 
     def pointwise(self, targets, student_logits):
-        return _fused_cross_entropy(targets, student_logits, self.temperature)
+        return _fused_cross_entropy(tf.exp(targets), student_logits, self.temperature)
 
 
 class KLDivergence(_SoftmaxLoss):
@@ -418,7 +417,7 @@ class KLDivergence(_SoftmaxLoss):
         # q * log q with 0 * log 0 = 0 (targets may be -inf where q underflows):
         # the teachers' negative entropy, a constant for the student.
         q_log_q = tf.reduce_sum(tf.where(q > 0, q * targets, tf.zeros_like(q)), axis=-1)
-        cross = _fused_cross_entropy(targets, student_logits, self.temperature)
+        cross = _fused_cross_entropy(q, student_logits, self.temperature)
         return cross + q_log_q * self.temperature**2
 
 
