@@ -183,6 +183,9 @@ def _is_integer(value) -> bool:
 # What gin appends to an error raised inside a configurable it called.
 _GIN_CONTEXT = "\n  In call to configurable "
 _LIMIT = 300
+# Of a cut message, what is kept of its end: an OS error names its reason last,
+# after a path that can be long ("<path>; No space left on device").
+_TAIL = 100
 
 
 def one_line(error: BaseException, with_type: bool = False) -> str:
@@ -190,7 +193,9 @@ def one_line(error: BaseException, with_type: bool = False) -> str:
 
     TensorFlow's op decorations (`{{function_node ...}}`, `[Op:...]`), the
     context gin appends to errors raised inside a configurable, gin's caret
-    lines and line breaks are dropped; long messages are cut at 300 characters.
+    lines and line breaks are dropped. A message longer than 300 characters
+    keeps its first 200 and its last 100 (where an OS error names its reason,
+    after a path), joined by " ... ".
 
     Args:
       error: any exception (a `tf.errors.OpError`'s own message is used).
@@ -210,6 +215,6 @@ def one_line(error: BaseException, with_type: bool = False) -> str:
     lines = [line.strip() for line in message.splitlines()]
     message = " ".join(line for line in lines if line and set(line) != {"^"})
     if len(message) > _LIMIT:
-        message = message[:_LIMIT] + "..."
+        message = message[: _LIMIT - _TAIL] + " ... " + message[-_TAIL:]
     message = message or type(error).__name__
     return f"{type(error).__name__}: {message}" if with_type else message
