@@ -55,8 +55,15 @@ setup(
     ],
     extras_require={
         # matplotlib: tests/test_reproduce.py renders the study's plots; mnist1d:
-        # the MNIST-1D workload's generator (tests/test_mnist1d.py).
-        "test": ["pytest>=8", "ruff==0.17.5", "matplotlib>=3.8", "mnist1d>=0.0.2,<0.1"],
+        # the MNIST-1D workload's generator (tests/test_mnist1d.py); pytest-xdist:
+        # the README's test command runs the unit tests beside the process tests.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff==0.17.5",
+            "matplotlib>=3.8",
+            "mnist1d>=0.0.2,<0.1",
+        ],
         "plots": ["matplotlib>=3.8"],
         # The MNIST-1D workload (tf_codistill.datasets.mnist1d) generates its data with it.
         "mnist1d": ["mnist1d>=0.0.2,<0.1"],

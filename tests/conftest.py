@@ -29,6 +29,21 @@ if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The end-to-end process tests run one after another, on one xdist worker.
+
+    With `-n 2 --dist loadgroup` (the README's test command), the unit tests
+    share the other worker. The process tests start clusters of their own on
+    127.0.0.1 and size their timeouts for one such cluster at a time on 2
+    cores; two at once would time each other. Runs before xdist reads the
+    groups (tryfirst); without xdist the mark does nothing.
+    """
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
 @pytest.fixture(autouse=True)
 def clean_gin():
     """Every test starts and ends with an empty gin config."""
