@@ -72,13 +72,18 @@ def test_one_line_drops_gin_context_and_carets_and_can_name_the_type():
 
 
 def test_one_line_cuts_long_messages_in_the_middle_keeping_the_reason():
-    text = errors.one_line(ValueError("x" * 1000))
-    assert text == "x" * 200 + " ... " + "x" * 100
-    # An OS error as TensorFlow words it: a long path, then the reason.
-    path = "/tmp/" + "/".join(["a_long_directory_name"] * 20) + "/ckpt-105_temp/part-0.tempstate1"
+    text = errors.one_line(ValueError("x" * 3000))
+    assert text == "x" * 700 + " ... " + "x" * 300
+    # An OS error as TensorFlow words it: a very long path, then the reason.
+    path = "/tmp/" + "/".join(["a_long_directory_name"] * 60) + "/ckpt-105_temp/part-0.tempstate1"
     text = errors.one_line(OSError(f"{path}; No space left on device"))
     assert text.startswith("/tmp/a_long_directory_name/") and " ... " in text
-    assert text.endswith("; No space left on device") and len(text) == 305
+    assert text.endswith("; No space left on device") and len(text) == 1005
+    # Ours, naming a run directory under a deep temporary path, stay whole.
+    message = (
+        f"group 0's directory {path[:300]} is in use by pid 7: two processes must not train it"
+    )
+    assert errors.one_line(RuntimeError(message)) == message
 
 
 @pytest.mark.parametrize("value, expected", [(3, 3), (3.0, 3), (tf.constant(2).numpy(), 2)])

@@ -182,10 +182,13 @@ def _is_integer(value) -> bool:
 
 # What gin appends to an error raised inside a configurable it called.
 _GIN_CONTEXT = "\n  In call to configurable "
-_LIMIT = 300
+# Long enough for a message of ours that names a directory or two (a run's
+# root can be a long path) with its advice; TensorFlow's longest messages
+# (a restore's every mismatched variable) are cut.
+_LIMIT = 1000
 # Of a cut message, what is kept of its end: an OS error names its reason last,
 # after a path that can be long ("<path>; No space left on device").
-_TAIL = 100
+_TAIL = 300
 
 
 def one_line(error: BaseException, with_type: bool = False) -> str:
@@ -193,8 +196,8 @@ def one_line(error: BaseException, with_type: bool = False) -> str:
 
     TensorFlow's op decorations (`{{function_node ...}}`, `[Op:...]`), the
     context gin appends to errors raised inside a configurable, gin's caret
-    lines and line breaks are dropped. A message longer than 300 characters
-    keeps its first 200 and its last 100 (where an OS error names its reason,
+    lines and line breaks are dropped. A message longer than 1000 characters
+    keeps its first 700 and its last 300 (where an OS error names its reason,
     after a path), joined by " ... ".
 
     Args:
