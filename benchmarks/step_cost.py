@@ -51,6 +51,7 @@ Runs unchanged on a GPU host (`--device`, default the first GPU if there is
 one; `--half_dtype=float16`); it has only been run on CPUs so far.
 """
 
+import atexit
 import json
 import os
 import platform
@@ -466,6 +467,22 @@ def unfused_cross_entropy():
     return Unfused()
 
 
+_SCRATCH = []
+
+
+def scratch_dir():
+    """A fresh directory under this run's scratch root, removed when the run ends.
+
+    Every model here publishes checkpoints (25-85 MB per model); an earlier
+    version left them all in /tmp and a few dozen runs filled the disk.
+    """
+    if not _SCRATCH:
+        root = tempfile.TemporaryDirectory(prefix="tfcd_step_cost_")
+        atexit.register(root.cleanup)
+        _SCRATCH.append(root)
+    return tempfile.mkdtemp(dir=_SCRATCH[0].name)
+
+
 def codistill_model(workload, exchange_dir, peers, **kwargs):
     """A one-group CodistillModel whose `peers` peers have each published a checkpoint."""
     import tf_keras as keras
@@ -556,7 +573,7 @@ class StepVariant:
             "codistill-3-round_robin": (3, {"peer_selection": "round_robin"}),
             "codistill-1-unfused": (1, {"distill_loss": unfused_cross_entropy()}),
         }[name]
-        model, _ = codistill_model(workload, tempfile.mkdtemp(), peers, **kwargs)
+        model, _ = codistill_model(workload, scratch_dir(), peers, **kwargs)
         outcomes = model.reload_teachers()
         if not all(o.status == "loaded" for o in outcomes):
             raise RuntimeError(f"{name}: teachers not loaded: {outcomes}")
@@ -631,7 +648,7 @@ def time_steps(workload, rounds, half, keras3, xla, unfused=False, warmup=5):
     for rule in ("all", "random"):
         model, _ = codistill_model(
             workload,
-            tempfile.mkdtemp(),
+            scratch_dir(),
             3,
             peer_selection="all_peers" if rule == "all" else "random_peer",
             background_reload=False,
@@ -694,7 +711,7 @@ class ExchangeRun:
         exchanges = name != "none"
         self.model, publishers = codistill_model(
             workload,
-            tempfile.mkdtemp(),
+            scratch_dir(),
             1,
             exchange_every_n_steps=EXCHANGE_EVERY if exchanges else 10**9,
             **kwargs,
@@ -809,8 +826,8 @@ def time_io(workload, repeats=7):
     """Median time of one blocking publish of the student and one blocking reload."""
     from tf_codistill import exchange
 
-    model, publishers = codistill_model(workload, tempfile.mkdtemp(), 1, background_reload=False)
-    writer = exchange.Publisher(model.student, exchange.group_dir(tempfile.mkdtemp(), 0))
+    model, publishers = codistill_model(workload, scratch_dir(), 1, background_reload=False)
+    writer = exchange.Publisher(model.student, exchange.group_dir(scratch_dir(), 0))
     publish_s, reload_s = [], []
     for step in range(1, repeats + 1):
         start = time.perf_counter()

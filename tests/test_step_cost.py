@@ -5,6 +5,7 @@ down, and the expected numbers are worked out in the comments.
 """
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -211,3 +212,26 @@ def test_write_markdown_appends_without_markers(tmp_path):
     step_cost.write_markdown(path, "tables\n")
     with open(path) as f:
         assert f.read() == f"Notes.\n\n{step_cost.START}\ntables\n{step_cost.END}\n"
+
+
+def test_scratch_dirs_are_removed_when_the_run_ends(tmp_path):
+    # The models' checkpoints go under one root that is gone after exit
+    # (they once piled up in /tmp until the disk was full).
+    code = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import step_cost; "
+        "a, b = step_cost.scratch_dir(), step_cost.scratch_dir(); "
+        "assert a != b and os.path.dirname(a) == os.path.dirname(b), (a, b); "
+        "open(os.path.join(a, 'ckpt'), 'w').write('x'); print(os.path.dirname(a))"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(testing.repo_root(), "benchmarks")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    assert os.path.basename(out).startswith("tfcd_step_cost_")
+    assert os.path.dirname(out) == str(tmp_path)
+    assert not os.path.exists(out)
