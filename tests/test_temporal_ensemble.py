@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,3 +85,72 @@ def test_the_program_writes_every_groups_row(run_dir, tmp_path):
     assert [r["group"] for r in rows] == [0, 1]
     assert all(r["steps"] == published[-2:] for r in rows)
     assert "averaged" in result.stdout
+
+
+def write_history(root, group, history):
+    from tf_codistill import layout
+
+    path = layout.metrics_path(layout.group_dir(str(root), group))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"history": history}, f)
+
+
+def test_the_early_stopping_step_is_the_lowest_validation_loss(tmp_path):
+    # Lowest at 40; the tie at 80 goes to the earlier step; entries without
+    # the key (a training-only log line) are skipped.
+    write_history(
+        tmp_path,
+        0,
+        [
+            {"step": 20, "val_task_loss": 0.9},
+            {"step": 30, "train": {"task_loss": 0.1}},
+            {"step": 40, "val_task_loss": 0.5},
+            {"step": 60, "val_task_loss": 0.7},
+            {"step": 80, "val_task_loss": 0.5},
+        ],
+    )
+    assert temporal_ensemble.best_validation_step(str(tmp_path), 0) == 40
+    with pytest.raises(errors.EvaluationError, match="no val_token_cross_entropy"):
+        temporal_ensemble.best_validation_step(str(tmp_path), 0, "token_cross_entropy")
+    with pytest.raises(errors.EvaluationError, match="group 1 of .* no val_task_loss"):
+        temporal_ensemble.best_validation_step(str(tmp_path), 1)
+
+
+def test_the_program_takes_steps_relative_to_early_stopping(run_dir, tmp_path):
+    from tf_codistill import layout
+
+    published = sorted(
+        c.step for c in evaluation.list_checkpoints(os.path.join(run_dir, "group_0"))
+    )
+    # A copy of the run whose validation curve bottoms out at the last
+    # checkpoint but one: offsets -d, 0 must pick the two before the last.
+    root = tmp_path / "run"
+    for g in range(2):
+        src = layout.group_dir(run_dir, g)
+        dst = layout.group_dir(str(root), g)
+        shutil.copytree(src, dst)
+        group_published = sorted(c.step for c in evaluation.list_checkpoints(dst))
+        best = group_published[-2]
+        write_history(
+            root, g, [{"step": s, "val_task_loss": abs(s - best) + 1.0} for s in group_published]
+        )
+    gap = published[-2] - published[-3]
+    out = tmp_path / "temporal.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "study", "temporal_ensemble.py"),
+            f"--steps=-{gap},0",
+            "--relative_to_best_validation",
+            f"--out={out}",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads(out.read_text())
+    assert written["relative_to_best_validation"] is True
+    assert written["runs"][0]["steps"] == published[-3:-1]

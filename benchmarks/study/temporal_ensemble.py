@@ -14,6 +14,11 @@ gains is a part of the 2-way ensemble's gain that does not need a second
 group, and that codistillation (which also pulls a group's predictions
 towards an average) may be capturing rather than the peer's knowledge.
 
+With `--relative_to_best_validation`, `--steps` are offsets (for example
+`-40,-20,0`) from each group's early-stopping step: the step of its lowest
+validation loss (`val_<loss_key>` in its metrics.json), as the study's
+tables read a group that overfits its data.
+
 For each run directory and each group: the loss of its checkpoint at the
 last of `--steps`, and of the ensemble (average of the members'
 probabilities, `tf_codistill.evaluation.EnsembleModel`) of its checkpoints at
@@ -44,6 +49,32 @@ def _define_flags() -> None:
     flags.DEFINE_multi_string("binding", [], "gin bindings for the evaluation (the test split).")
     flags.DEFINE_string("loss_key", "task_loss", "The metric reported.")
     flags.DEFINE_string("out", None, "Where the JSON results go.", required=True)
+    flags.DEFINE_bool(
+        "relative_to_best_validation",
+        False,
+        "--steps are offsets from each group's step of lowest validation loss.",
+    )
+
+
+def best_validation_step(root: str, group: int, loss_key: str = "task_loss") -> int:
+    """The step of the group's lowest `val_<loss_key>` (the earliest if tied).
+
+    Raises:
+      EvaluationError: the group wrote no metrics.json or never evaluated
+        `val_<loss_key>`.
+    """
+    from tf_codistill import errors
+    from tf_codistill import local_cluster
+
+    metrics = local_cluster.read_metrics(root, group)
+    key = f"val_{loss_key}"
+    curve = [(e[key], e["step"]) for e in (metrics or {}).get("history", []) if key in e]
+    if not curve:
+        raise errors.EvaluationError(
+            f"group {group} of {root} has no {key} in its metrics.json history "
+            "(no validation curve to pick the early-stopping step from)"
+        )
+    return int(min(curve)[1])
 
 
 def evaluate_group(
@@ -111,7 +142,11 @@ def main(argv):
     rows = []
     for root in argv[1:]:
         for group in evaluation.find_groups(root):
-            row = evaluate_group(root, group, FLAGS.steps, FLAGS.binding, FLAGS.loss_key)
+            steps = [int(s) for s in FLAGS.steps]
+            if FLAGS.relative_to_best_validation:
+                best = best_validation_step(root, group, FLAGS.loss_key)
+                steps = [best + s for s in steps]
+            row = evaluate_group(root, group, steps, FLAGS.binding, FLAGS.loss_key)
             print(
                 f"{root} group {group}: step {row['steps'][-1]} alone {row['single']:.4f}, "
                 f"steps {row['steps']} averaged {row['ensemble']:.4f}",
@@ -121,7 +156,14 @@ def main(argv):
     tmp = FLAGS.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(
-            {"loss_key": FLAGS.loss_key, "bindings": FLAGS.binding, "runs": rows}, f, indent=1
+            {
+                "loss_key": FLAGS.loss_key,
+                "bindings": FLAGS.binding,
+                "relative_to_best_validation": FLAGS.relative_to_best_validation,
+                "runs": rows,
+            },
+            f,
+            indent=1,
         )
     os.replace(tmp, FLAGS.out)
 
