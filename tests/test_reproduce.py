@@ -9,6 +9,7 @@ processes evaluated on the test split, as the study makes them.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -476,7 +477,7 @@ def test_quick_c2_trains_real_runs_and_writes_the_report(tmp_path):
     assert "] training" not in again.stdout
 
 
-def workload_config(name):
+def workload_config(name, bindings=()):
     """A workload's study config (gin/reproduce/<name>.gin), as the harness parses it."""
     gin.clear_config()
     try:
@@ -484,6 +485,7 @@ def workload_config(name):
         # process must not define (other test modules define some of them).
         runner_lib.parse_study_config(
             [os.path.join(runner_lib.GIN_DIR, f"{name}.gin")],
+            bindings,
             skip_unknown=["study.enabled_experiments"],
         )
         return runner_lib.Workload()
@@ -491,14 +493,31 @@ def workload_config(name):
         gin.clear_config()
 
 
-@pytest.mark.parametrize("name", ["lm", "mnist1d", "mnist1d_10k", "teacher_student"])
-def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name):
+# The schedule overlays (gin/reproduce/schedules/), with the workload each one
+# is included on top of.
+OVERLAYS = {
+    "cosine_mnist1d": "mnist1d",
+    "cosine_mnist1d_10k": "mnist1d_10k",
+    "cosine_lm": "lm",
+}
+
+
+def overlay(name):
+    return f"include 'schedules/{name}.gin'"
+
+
+@pytest.mark.parametrize(
+    "name, bindings",
+    [(n, ()) for n in ["lm", "mnist1d", "mnist1d_10k", "teacher_student"]]
+    + [(w, (overlay(o),)) for o, w in OVERLAYS.items()],
+)
+def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name, bindings):
     # What the harness hands train.py and the test evaluation must parse with
     # the workload's own gin files: a misspelt name fails here, not an hour
     # into a study.
     from tf_codistill import gin_utils
 
-    w = workload_config(name)
+    w = workload_config(name, bindings)
     run = runner_lib.Run(w, "a run", batch=2 * w.batch, learning_rate=0.5)
     for extra in ({}, w.quick_bindings, w.test_bindings):
         bindings = runner_lib.gin_bindings({**run.bindings(), **extra})
@@ -508,6 +527,28 @@ def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name):
             assert gin_utils.query(f"{runner_lib.TRAIN_GROUP}.global_batch_size") == 2 * w.batch
         finally:
             gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "name, extra, report",
+    [
+        ("cosine_mnist1d", (), "mnist1d_cosine/recipe-mnist1d.json"),
+        ("cosine_mnist1d", ("COSINE_STEPS = 700",), "mnist1d_cosine_700/recipe-mnist1d.json"),
+        ("cosine_mnist1d_10k", (), "mnist1d_10k_cosine/recipe-mnist1d_10k.json"),
+        ("cosine_lm", (), "lm_b512_cosine/recipe-lm.json"),
+    ],
+)
+def test_a_schedule_overlay_names_the_runs_its_report_lists(name, extra, report):
+    # The overlay is how the report's runs were configured: the same keys
+    # (a hash of every binding a run gets), so running it reuses those runs.
+    with open(os.path.join(runner_lib.REPO, "docs", "results", report)) as f:
+        listed = json.load(f)["runs"]
+    w = workload_config(OVERLAYS[name], (overlay(name), *extra))
+    pair = next(r for r in listed if r["label"].startswith("2 independent groups"))
+    pattern = r"2 independent groups, batch (\d+), LR ([0-9.e-]+), seed (\d+)$"
+    batch, lr, seed = re.match(pattern, pair["label"]).groups()
+    run = runner_lib.Run(w, pair["label"], 2, False, int(batch), float(lr), int(seed))
+    assert run.key() == pair["key"]
 
 
 def test_lm_quick_reads_bundled_text_and_evaluates_the_test_split_on_every_batch():
