@@ -116,11 +116,8 @@ def test_retrains_of_an_ensemble_first(runs, tmp_path):
     np.testing.assert_allclose(report["pairs"][0]["mean_abs_diff"], expected_pair(*p)[0], rtol=1e-5)
 
 
-def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
-    # A group that published steps 20 and 40 with other weights: @20 is the
-    # early checkpoint (what early stopping would serve), without @ the latest.
-    (r0, _), students = runs
-    root = str(tmp_path / "two_steps")
+def two_step_run(root, students):
+    """Two groups that published step 20 (their own weights) and step 40 (retrain 0's)."""
     early = {}
     for g in range(2):
         directory = exchange.group_dir(root, g)
@@ -133,6 +130,15 @@ def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
         early[g].set_weights(students[0, g].get_weights())
         publisher.publish(40)
         early[g].set_weights(student(seed=70 + g).get_weights())
+    return early
+
+
+def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
+    # A group that published steps 20 and 40 with other weights: @20 is the
+    # early checkpoint (what early stopping would serve), without @ the latest.
+    (r0, _), students = runs
+    root = str(tmp_path / "two_steps")
+    early = two_step_run(root, students)
     output = str(tmp_path / "churn.json")
     specs = [f"{root}:0@20", f"{root}:0", f"{root}:0+1@20"]
     run_main(specs, output_json=output)
@@ -165,6 +171,31 @@ def test_a_kept_checkpoint_by_its_step(runs, tmp_path):
     assert "ckpt-30 holds step 40, not 30" in str(exit_info.value.code)
 
 
+def test_a_temporal_ensemble_of_one_groups_steps(runs, tmp_path):
+    # ROOT:G@20,40 averages the group's two checkpoints' probabilities.
+    _, students = runs
+    root = str(tmp_path / "two_steps")
+    early = two_step_run(root, students)
+    output = str(tmp_path / "churn.json")
+    specs = [f"{root}:0@20,40", f"{root}:0@20"]
+    run_main(specs, output_json=output)
+    with open(output) as f:
+        report = json.load(f)
+    assert report["steps"] == {specs[0]: [20, 40], specs[1]: [20]}
+    assert report["head"] == "softmax"
+    p_early = probabilities(early[0])
+    p_average = (p_early + probabilities(students[0, 0])) / 2
+    (pair,) = report["pairs"]
+    np.testing.assert_allclose(
+        (pair["mean_abs_diff"], pair["disagreement"]),
+        expected_pair(p_average, p_early),
+        rtol=1e-5,
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_main([f"{root}:0@20,30", f"{root}:0"])
+    assert "kept no checkpoint of step 30" in str(exit_info.value.code)
+
+
 def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
     (r0, r1), students = runs
     paths = []
@@ -189,6 +220,9 @@ def test_exported_students_on_a_gin_configs_data(runs, tmp_path):
         (["{r0}:0", "{r0}:0@x"], [], "either with @STEP"),
         (["{r0}:0", "{r0}:2"], [], "no group 2 in"),
         (["{r0}:0", "{r0}:0+0"], [], "names a group twice"),
+        (["{r0}:0", "{r0}:0+1@40,40"], [], "several steps (a temporal ensemble) take one group"),
+        (["{r0}:0", "{r0}:0@40,40"], [], "names a step twice"),
+        (["{r0}:0", "{r0}:0@40,"], [], "one group's steps averaged"),
         (["{tmp}/a.keras", "{tmp}/b.keras"], [], "a.keras does not exist"),
         (["{tmp}/m.keras", "{tmp}/m.keras"], [], "only .keras models were given"),
     ],

@@ -21,9 +21,10 @@ tables read a group that overfits its data.
 
 For each run directory and each group: the loss of its checkpoint at the
 last of `--steps`, and of the ensemble (average of the members'
-probabilities, `tf_codistill.evaluation.EnsembleModel`) of its checkpoints at
-every step of `--steps`, each evaluated with the run's own model, data,
-loss and metrics on the split `--binding` selects. Writes `--out`:
+probabilities) of its checkpoints at every step of `--steps` (the library's
+temporal-ensemble spec `ROOT_DIR:GROUP@S1,S2`, `evaluation.load_model`),
+each evaluated with the run's own model, data, loss and metrics on the split
+`--binding` selects. Writes `--out`:
 `{"runs": [{"root", "group", "steps", "single", "ensemble"}], ...}`.
 """
 
@@ -103,33 +104,26 @@ def evaluate_group(
     """
     from tf_codistill import errors
     from tf_codistill import evaluation
-    from tf_codistill import exchange
-    from tf_codistill import metrics as metrics_lib
     from tf_codistill.evaluation import evaluator
 
     steps = sorted({int(s) for s in steps})
     if len(steps) < 2:
         raise errors.EvaluationError(f"a temporal ensemble needs two or more steps, got {steps}")
     run = evaluation.load_group(root, group, gin_bindings=bindings)
-    published = {c.step: c.prefix for c in evaluation.list_checkpoints(run.directory)}
+    published = {c.step for c in evaluation.list_checkpoints(run.directory)}
     missing = [s for s in steps if s not in published]
     if missing:
         raise errors.EvaluationError(
             f"group {group} of {root} has no checkpoint at steps {missing} "
             f"(published: {sorted(published)})"
         )
-    members = []
-    for step in steps:
-        model = run.config.build_model()
-        evaluation.restore(model, published[step], exchange.ModelSignature.of_model(model))
-        members.append(model)
-    head = metrics_lib.infer_head(run.config.distill_loss, members[0].output_shape)
     dataset = run.config.dataset(run.group_index, run.num_groups)
     values = {}
-    for name, model in (
-        ("single", members[-1]),
-        ("ensemble", evaluation.EnsembleModel(members, head)),
+    for name, spec in (
+        ("single", f"{root}:{group}@{steps[-1]}"),
+        ("ensemble", f"{root}:{group}@{','.join(map(str, steps))}"),
     ):
+        model = evaluation.load_model(spec, gin_bindings=bindings).model
         loss, metrics = run.config.loss_and_metrics()
         model.compile(loss=loss, metrics=metrics, weighted_metrics=run.config.weighted_metrics())
         values[name] = evaluator.evaluate_compiled(model, dataset, run.config.eval_steps)[loss_key]

@@ -8,8 +8,9 @@ the run's own compiled loss (`from_logits=True`) and metrics apply unchanged.
 Results are kept like a group's (`evaluator.Results`), as
 `eval_ensemble_<i>_<j>.json`.
 
-`load_model` turns a spec (`ROOT_DIR:GROUP`, `ROOT_DIR:G1+G2`, `PATH.keras`)
-into a model ready to predict, for the churn tool.
+`load_model` turns a spec (`ROOT_DIR:GROUP`, `ROOT_DIR:G1+G2`, a temporal
+ensemble `ROOT_DIR:GROUP@S1,S2`, `PATH.keras`) into a model ready to predict,
+for the churn tool.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ class LoadedModel:
     head: Optional[str] = None
 
 
-_GROUPS_SPEC = re.compile(r"^(\d{1,9})(\+\d{1,9})*(@\d{1,12})?$")
+_GROUPS_SPEC = re.compile(r"^(\d{1,9})(\+\d{1,9})*(@\d{1,12}(,\d{1,12})*)?$")
 
 
 def load_model(
@@ -256,7 +257,10 @@ def load_model(
         `ROOT_DIR:G1+G2+...` (the ensemble of those groups' latest
         checkpoints, an `EnsembleModel`), either with `@STEP` (the
         checkpoint of that step instead of the latest, e.g. the one
-        early stopping chose; it must have been kept), or `PATH.keras` (an
+        early stopping chose; it must have been kept),
+        `ROOT_DIR:GROUP@S1,S2,...` (one group's checkpoints at those steps,
+        averaged like an ensemble: a temporal ensemble, which removes the
+        iterate noise a constant learning rate leaves), or `PATH.keras` (an
         exported student, `model.student.save(...)`).
       gin_files: extra gin files for the runs' configs.
       gin_bindings: extra gin bindings for the runs' configs.
@@ -279,12 +283,15 @@ def load_model(
     if not root_dir or not _GROUPS_SPEC.match(groups_text):
         raise errors.EvaluationError(
             f"model {spec!r}: expected ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (an ensemble), "
-            "either with @STEP, or a .keras file"
+            "either with @STEP, ROOT_DIR:GROUP@S1,S2 (one group's steps averaged), "
+            "or a .keras file"
         )
     groups_text, _, step_text = groups_text.partition("@")
     groups = [int(g) for g in groups_text.split("+")]
     if len(set(groups)) != len(groups):
         raise errors.EvaluationError(f"model {spec!r} names a group twice")
+    if "," in step_text:
+        return _temporal_ensemble(spec, root_dir, groups, step_text, gin_files, gin_bindings, head)
     runs = [evaluator.load_group(root_dir, g, gin_files, gin_bindings) for g in groups]
     if step_text:
         step = int(step_text)
@@ -296,3 +303,27 @@ def load_model(
     if head == "auto":
         head = metrics_lib.infer_head(runs[0].config.distill_loss, members[0].output_shape)
     return LoadedModel(spec, EnsembleModel(members, head), runs[0], tuple(steps), head)
+
+
+def _temporal_ensemble(
+    spec: str,
+    root_dir: str,
+    groups: Sequence[int],
+    step_text: str,
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    head: str,
+) -> LoadedModel:
+    """`ROOT_DIR:GROUP@S1,S2,...`: one group's checkpoints at those steps, averaged."""
+    steps = [int(s) for s in step_text.split(",")]
+    if len(groups) != 1:
+        raise errors.EvaluationError(
+            f"model {spec!r}: several steps (a temporal ensemble) take one group, not {groups}"
+        )
+    if len(set(steps)) != len(steps):
+        raise errors.EvaluationError(f"model {spec!r} names a step twice")
+    run = evaluator.load_group(root_dir, groups[0], gin_files, gin_bindings)
+    members = [evaluator.restored_at(run, step) for step in steps]
+    if head == "auto":
+        head = metrics_lib.infer_head(run.config.distill_loss, members[0].output_shape)
+    return LoadedModel(spec, EnsembleModel(members, head), run, tuple(steps), head)

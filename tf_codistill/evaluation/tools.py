@@ -115,7 +115,8 @@ def churn(
     """What `binaries/churn.py` does: prediction churn between two or more models.
 
     Args:
-      specs: `ROOT_DIR:GROUP`, `ROOT_DIR:G1+G2` (an ensemble) or `PATH.keras`.
+      specs: `ROOT_DIR:GROUP`, `ROOT_DIR:G1+G2` (an ensemble), either with
+        `@STEP`, `ROOT_DIR:GROUP@S1,S2` (a temporal ensemble) or `PATH.keras`.
       gin_files: extra gin files for the runs' configs, or the data config
         when only `.keras` models are given.
       gin_bindings: extra gin bindings, applied last.

@@ -16,7 +16,8 @@ of examples whose top-1 prediction differs). Streams over the data.
   tf-codistill-churn --model=/tmp/r1:0@400 --model=/tmp/r2:0@380
 
 Models: ROOT_DIR:GROUP (the group's latest checkpoint), ROOT_DIR:G1+G2 (an
-ensemble), either with @STEP (that step's checkpoint), or PATH.keras. Data:
+ensemble), either with @STEP (that step's checkpoint), ROOT_DIR:GROUP@S1,S2
+(one group's checkpoints at those steps, averaged), or PATH.keras. Data:
 the first run's evaluation data (its operative_config.gin), or the
 --gin_file config's when only .keras files are given. docs/evaluation.md defines both numbers.
 """
@@ -32,7 +33,7 @@ flags.DEFINE_multi_string(
     "model",
     [],
     "ROOT_DIR:GROUP, ROOT_DIR:G1+G2 (ensemble), either with @STEP (that step's checkpoint), "
-    "or PATH.keras; two or more.",
+    "ROOT_DIR:GROUP@S1,S2 (one group's checkpoints averaged), or PATH.keras; two or more.",
 )
 flags.DEFINE_enum(
     "head",
