@@ -43,7 +43,12 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("parallel", 2, "Training processes at once (a run's groups always together).")
 flags.DEFINE_bool("fresh", False, "Train every run again instead of reading kept ones.")
 flags.DEFINE_bool("verbose", False, "Show every output line of the runs.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for the study's gin files.")
+flags.DEFINE_multi_string(
+    "gin_bindings",
+    [],
+    "Extra bindings for the study's gin files. Overlays (`include 'schedules/X.gin'`) apply "
+    "first, then --quick's sizes, then the other bindings in order.",
+)
 
 FLAGS = flags.FLAGS
 
@@ -70,8 +75,9 @@ def configure(workload: str) -> tuple[runner_lib.Workload, list[str]]:
     path = os.path.join(GIN_DIR, f"{workload}.gin")
     if not os.path.exists(path):
         sys.exit(f"reproduce.py: no workload {workload!r}; one of {workloads()}")
-    files = [path] + ([os.path.join(GIN_DIR, "quick.gin")] if FLAGS.quick else [])
-    runner_lib.parse_study_config(files, FLAGS.gin_bindings)
+    runner_lib.parse_study_config(
+        [path], runner_lib.study_bindings(FLAGS.gin_bindings, FLAGS.quick)
+    )
     w = runner_lib.Workload()
     if FLAGS.quick:
         w = dataclasses.replace(

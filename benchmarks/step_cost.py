@@ -477,7 +477,8 @@ def scratch_dir():
     version left them all in /tmp and a few dozen runs filled the disk.
     """
     if not _SCRATCH:
-        root = tempfile.TemporaryDirectory(prefix="tfcd_step_cost_")
+        # A background publish or reload may still be writing at exit.
+        root = tempfile.TemporaryDirectory(prefix="tfcd_step_cost_", ignore_cleanup_errors=True)
         atexit.register(root.cleanup)
         _SCRATCH.append(root)
     return tempfile.mkdtemp(dir=_SCRATCH[0].name)

@@ -520,35 +520,77 @@ def test_every_binding_of_a_workload_names_a_parameter_of_its_groups(name, bindi
     w = workload_config(name, bindings)
     run = runner_lib.Run(w, "a run", batch=2 * w.batch, learning_rate=0.5)
     for extra in ({}, w.quick_bindings, w.test_bindings):
-        bindings = runner_lib.gin_bindings({**run.bindings(), **extra})
+        run_bindings = runner_lib.gin_bindings({**run.bindings(), **extra})
         gin.clear_config()
         try:
-            gin_utils.parse(list(w.gin_files), bindings, finalize=False)
+            gin_utils.parse(list(w.gin_files), run_bindings, finalize=False)
             assert gin_utils.query(f"{runner_lib.TRAIN_GROUP}.global_batch_size") == 2 * w.batch
         finally:
             gin.clear_config()
 
 
 @pytest.mark.parametrize(
-    "name, extra, report",
+    "workload, report",
     [
-        ("cosine_mnist1d", (), "mnist1d_cosine/recipe-mnist1d.json"),
-        ("cosine_mnist1d", ("COSINE_STEPS = 700",), "mnist1d_cosine_700/recipe-mnist1d.json"),
-        ("cosine_mnist1d_10k", (), "mnist1d_10k_cosine/recipe-mnist1d_10k.json"),
-        ("cosine_lm", (), "lm_b512_cosine/recipe-lm.json"),
+        ("mnist1d", "mnist1d_cosine/recipe-mnist1d.json"),
+        ("mnist1d", "mnist1d_cosine_500/recipe-mnist1d.json"),
+        ("mnist1d", "mnist1d_cosine_700/recipe-mnist1d.json"),
+        ("mnist1d_10k", "mnist1d_10k_cosine/recipe-mnist1d_10k.json"),
+        ("lm", "lm_b512_cosine/recipe-lm.json"),
     ],
 )
-def test_a_schedule_overlay_names_the_runs_its_report_lists(name, extra, report):
-    # The overlay is how the report's runs were configured: the same keys
-    # (a hash of every binding a run gets), so running it reuses those runs.
+def test_a_schedule_overlay_plans_exactly_the_runs_its_report_lists(workload, report):
+    # The report's recorded --gin_bindings (an overlay include first) replayed
+    # through the recipe with curves that favour the rates the study tuned:
+    # it must ask for exactly the runs (keys: a hash of every binding a run
+    # gets) that the committed report lists, so running it reuses them.
     with open(os.path.join(runner_lib.REPO, "docs", "results", report)) as f:
-        listed = json.load(f)["runs"]
-    w = workload_config(OVERLAYS[name], (overlay(name), *extra))
-    pair = next(r for r in listed if r["label"].startswith("2 independent groups"))
-    pattern = r"2 independent groups, batch (\d+), LR ([0-9.e-]+), seed (\d+)$"
-    batch, lr, seed = re.match(pattern, pair["label"]).groups()
-    run = runner_lib.Run(w, pair["label"], 2, False, int(batch), float(lr), int(seed))
-    assert run.key() == pair["key"]
+        recorded = json.load(f)
+    assert recorded["gin_bindings"][0].startswith("include 'schedules/")
+    tuned = {recorded["result"]["batch"]: recorded["result"]["lr"]}
+    for r in recorded["runs"]:
+        m = re.match(r"sync SGD, batch (\d+), LR ([0-9.e-]+), seed", r["label"])
+        if m:
+            tuned[int(m.group(1))] = float(m.group(2))
+
+    def make_curve(run, groups, split):
+        # The tuned rate reaches the lowest loss; every step is evaluated.
+        best = run.learning_rate == tuned.get(run.batch)
+        return [(s, (0.5 if best else 1.0) + 1.0 / s) for s in range(10, 1001, 10)]
+
+    gin.clear_config()
+    try:
+        runner_lib.parse_study_config(
+            [os.path.join(runner_lib.GIN_DIR, f"{workload}.gin")],
+            runner_lib.study_bindings(recorded["gin_bindings"]),
+            skip_unknown=["study.enabled_experiments"],
+        )
+        runner = FakeRunner(make_curve)
+        ctx = experiments.Context(runner_lib.Workload(), runner, seeds=recorded["seeds"])
+        planned = experiments.recipe(ctx)
+    finally:
+        gin.clear_config()
+    assert {r.key() for r in planned.runs} == {r["key"] for r in recorded["runs"]}
+    assert {r["key"] for r in recorded["runs"]} <= {r.key() for r in runner.trained}
+
+
+def test_quick_shrinks_an_overlaid_study():
+    # Overlays first, then quick.gin, then the rest: --quick with an overlay
+    # still trains 20 steps, and a macro after the overlay still applies.
+    bindings = runner_lib.study_bindings(
+        ["COSINE_STEPS = 700", overlay("cosine_mnist1d"), "study.Workload.eval_every = 5"],
+        quick=True,
+    )
+    assert bindings == [
+        overlay("cosine_mnist1d"),
+        "include 'quick.gin'",
+        "COSINE_STEPS = 700",
+        "study.Workload.eval_every = 5",
+    ]
+    w = workload_config("mnist1d", bindings)
+    assert (w.train_steps, w.eval_every) == (20, 5)
+    assert w.bindings["keras.optimizers.schedules.CosineDecay.decay_steps"] == 700
+    assert runner_lib.study_bindings(["a = 1"]) == ["a = 1"]
 
 
 def test_lm_quick_reads_bundled_text_and_evaluates_the_test_split_on_every_batch():

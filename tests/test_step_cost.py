@@ -1,4 +1,4 @@
-"""benchmarks/step_cost.py's pure helpers: statistics, ratios, cpuinfo, markdown.
+"""benchmarks/step_cost.py's pure helpers (statistics, ratios, cpuinfo, markdown) and scratch dirs.
 
 Nothing here times anything or builds a model: the step times are written
 down, and the expected numbers are worked out in the comments.
@@ -224,14 +224,15 @@ def test_scratch_dirs_are_removed_when_the_run_ends(tmp_path):
         "open(os.path.join(a, 'ckpt'), 'w').write('x'); print(os.path.dirname(a))"
     )
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    out = subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-c", code, os.path.join(testing.repo_root(), "benchmarks")],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
-    ).stdout.strip()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.strip()
     assert os.path.basename(out).startswith("tfcd_step_cost_")
     assert os.path.dirname(out) == str(tmp_path)
     assert not os.path.exists(out)

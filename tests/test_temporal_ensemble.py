@@ -1,6 +1,7 @@
 """benchmarks/study/temporal_ensemble.py: one group's checkpoints averaged, checked by hand."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -111,10 +112,15 @@ def test_the_early_stopping_step_is_the_lowest_validation_loss(tmp_path):
         ],
     )
     assert temporal_ensemble.best_validation_step(str(tmp_path), 0) == 40
-    with pytest.raises(errors.EvaluationError, match="no val_token_cross_entropy"):
+    with pytest.raises(errors.EvaluationError, match="no finite val_token_cross_entropy"):
         temporal_ensemble.best_validation_step(str(tmp_path), 0, "token_cross_entropy")
-    with pytest.raises(errors.EvaluationError, match="group 1 of .* no val_task_loss"):
+    with pytest.raises(errors.EvaluationError, match="group 1 of .* no .*metrics.json"):
         temporal_ensemble.best_validation_step(str(tmp_path), 1)
+    # A diverged first evaluation (NaN) is not the best one.
+    write_history(
+        tmp_path, 2, [{"step": 20, "val_task_loss": math.nan}, {"step": 40, "val_task_loss": 2.0}]
+    )
+    assert temporal_ensemble.best_validation_step(str(tmp_path), 2) == 40
 
 
 def test_the_program_takes_steps_relative_to_early_stopping(run_dir, tmp_path):
@@ -153,4 +159,6 @@ def test_the_program_takes_steps_relative_to_early_stopping(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads(out.read_text())
     assert written["relative_to_best_validation"] is True
+    assert written["steps"] == [-gap, 0]
     assert written["runs"][0]["steps"] == published[-3:-1]
+    assert written["runs"][0]["best_validation_step"] == published[-2]

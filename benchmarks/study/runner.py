@@ -44,6 +44,19 @@ GIN_DIR = os.path.join(REPO, "gin", "reproduce")
 _searched = []
 
 
+def study_bindings(bindings: Sequence[str], quick: bool = False) -> list[str]:
+    """The order a study's `--gin_bindings` apply in, with `--quick`'s sizes.
+
+    Overlays (`include 'schedules/...gin'` lines) come first, then
+    `quick.gin` (so `--quick` shrinks an overlaid study too), then every
+    other binding in the order given (a macro such as `COSINE_STEPS = 700`
+    after the overlay that uses it).
+    """
+    overlays = [b for b in bindings if b.lstrip().startswith("include ")]
+    others = [b for b in bindings if not b.lstrip().startswith("include ")]
+    return overlays + (["include 'quick.gin'"] if quick else []) + others
+
+
 def parse_study_config(files: Sequence[str], bindings: Sequence[str] = (), **kwargs) -> None:
     """Parses study gin files, with `GIN_DIR` searched for their includes."""
     if not _searched:  # gin.add_config_file_search_path appends on every call.

@@ -31,6 +31,7 @@ each evaluated with the run's own model, data, loss and metrics on the split
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -58,21 +59,31 @@ def _define_flags() -> None:
 
 
 def best_validation_step(root: str, group: int, loss_key: str = "task_loss") -> int:
-    """The step of the group's lowest `val_<loss_key>` (the earliest if tied).
+    """The step of the group's lowest finite `val_<loss_key>` (the earliest if tied).
+
+    The rule of the study's tables (`study.runner.at_best_validation`).
 
     Raises:
-      EvaluationError: the group wrote no metrics.json or never evaluated
+      EvaluationError: the group wrote no metrics.json, or no finite
         `val_<loss_key>`.
     """
     from tf_codistill import errors
+    from tf_codistill import layout
     from tf_codistill import local_cluster
 
     metrics = local_cluster.read_metrics(root, group)
+    if metrics is None:
+        path = layout.metrics_path(layout.group_dir(root, group))
+        raise errors.EvaluationError(f"group {group} of {root} has no {path}")
     key = f"val_{loss_key}"
-    curve = [(e[key], e["step"]) for e in (metrics or {}).get("history", []) if key in e]
+    curve = [
+        (e[key], e["step"])
+        for e in metrics.get("history", [])
+        if key in e and math.isfinite(e[key])
+    ]
     if not curve:
         raise errors.EvaluationError(
-            f"group {group} of {root} has no {key} in its metrics.json history "
+            f"group {group} of {root} has no finite {key} in its metrics.json history "
             "(no validation curve to pick the early-stopping step from)"
         )
     return int(min(curve)[1])
@@ -133,14 +144,19 @@ def evaluate_group(
 def main(argv):
     from tf_codistill import evaluation
 
+    if FLAGS.relative_to_best_validation and not FLAGS["steps"].present:
+        raise app.UsageError("--relative_to_best_validation needs --steps offsets, e.g. -40,-20,0")
     rows = []
     for root in argv[1:]:
         for group in evaluation.find_groups(root):
             steps = [int(s) for s in FLAGS.steps]
+            best = None
             if FLAGS.relative_to_best_validation:
                 best = best_validation_step(root, group, FLAGS.loss_key)
                 steps = [best + s for s in steps]
             row = evaluate_group(root, group, steps, FLAGS.binding, FLAGS.loss_key)
+            if best is not None:
+                row["best_validation_step"] = best
             print(
                 f"{root} group {group}: step {row['steps'][-1]} alone {row['single']:.4f}, "
                 f"steps {row['steps']} averaged {row['ensemble']:.4f}",
@@ -154,6 +170,7 @@ def main(argv):
                 "loss_key": FLAGS.loss_key,
                 "bindings": FLAGS.binding,
                 "relative_to_best_validation": FLAGS.relative_to_best_validation,
+                "steps": [int(s) for s in FLAGS.steps],
                 "runs": rows,
             },
             f,

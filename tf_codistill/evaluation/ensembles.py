@@ -230,8 +230,10 @@ class LoadedModel:
       name: the spec it was loaded from.
       model: returns logits.
       run: the (first) group it comes from; None for an exported model.
-      steps: the checkpoint step of each group (empty for an exported model).
-      head: the ensemble's head, for an ensemble of groups.
+      steps: the checkpoint step of each member: of each group, or of each
+        of one group's checkpoints in a temporal ensemble (empty for an
+        exported model).
+      head: the ensemble's head, for an ensemble (of groups or of steps).
     """
 
     name: str
@@ -291,7 +293,13 @@ def load_model(
     if len(set(groups)) != len(groups):
         raise errors.EvaluationError(f"model {spec!r} names a group twice")
     if "," in step_text:
-        return _temporal_ensemble(spec, root_dir, groups, step_text, gin_files, gin_bindings, head)
+        if len(groups) != 1:
+            raise errors.EvaluationError(
+                f"model {spec!r}: several steps (a temporal ensemble) take one group, not {groups}"
+            )
+        return _temporal_ensemble(
+            spec, root_dir, groups[0], step_text, gin_files, gin_bindings, head
+        )
     runs = [evaluator.load_group(root_dir, g, gin_files, gin_bindings) for g in groups]
     if step_text:
         step = int(step_text)
@@ -308,7 +316,7 @@ def load_model(
 def _temporal_ensemble(
     spec: str,
     root_dir: str,
-    groups: Sequence[int],
+    group: int,
     step_text: str,
     gin_files: Sequence[str],
     gin_bindings: Sequence[str],
@@ -316,13 +324,9 @@ def _temporal_ensemble(
 ) -> LoadedModel:
     """`ROOT_DIR:GROUP@S1,S2,...`: one group's checkpoints at those steps, averaged."""
     steps = [int(s) for s in step_text.split(",")]
-    if len(groups) != 1:
-        raise errors.EvaluationError(
-            f"model {spec!r}: several steps (a temporal ensemble) take one group, not {groups}"
-        )
     if len(set(steps)) != len(steps):
         raise errors.EvaluationError(f"model {spec!r} names a step twice")
-    run = evaluator.load_group(root_dir, groups[0], gin_files, gin_bindings)
+    run = evaluator.load_group(root_dir, group, gin_files, gin_bindings)
     members = [evaluator.restored_at(run, step) for step in steps]
     if head == "auto":
         head = metrics_lib.infer_head(run.config.distill_loss, members[0].output_shape)
