@@ -129,12 +129,11 @@ def evaluate_group(
             f"(published: {sorted(published)})"
         )
     dataset = run.config.dataset(run.group_index, run.num_groups)
+    ensemble = evaluation.load_model(
+        f"{root}:{group}@{','.join(map(str, steps))}", gin_bindings=bindings
+    ).model
     values = {}
-    for name, spec in (
-        ("single", f"{root}:{group}@{steps[-1]}"),
-        ("ensemble", f"{root}:{group}@{','.join(map(str, steps))}"),
-    ):
-        model = evaluation.load_model(spec, gin_bindings=bindings).model
+    for name, model in (("single", ensemble.members[-1]), ("ensemble", ensemble)):
         loss, metrics = run.config.loss_and_metrics()
         model.compile(loss=loss, metrics=metrics, weighted_metrics=run.config.weighted_metrics())
         values[name] = evaluator.evaluate_compiled(model, dataset, run.config.eval_steps)[loss_key]
@@ -146,14 +145,14 @@ def main(argv):
 
     if FLAGS.relative_to_best_validation and not FLAGS["steps"].present:
         raise app.UsageError("--relative_to_best_validation needs --steps offsets, e.g. -40,-20,0")
+    given = [int(s) for s in FLAGS.steps]
     rows = []
     for root in argv[1:]:
         for group in evaluation.find_groups(root):
-            steps = [int(s) for s in FLAGS.steps]
-            best = None
+            steps, best = given, None
             if FLAGS.relative_to_best_validation:
                 best = best_validation_step(root, group, FLAGS.loss_key)
-                steps = [best + s for s in steps]
+                steps = [best + s for s in given]
             row = evaluate_group(root, group, steps, FLAGS.binding, FLAGS.loss_key)
             if best is not None:
                 row["best_validation_step"] = best
@@ -170,7 +169,7 @@ def main(argv):
                 "loss_key": FLAGS.loss_key,
                 "bindings": FLAGS.binding,
                 "relative_to_best_validation": FLAGS.relative_to_best_validation,
-                "steps": [int(s) for s in FLAGS.steps],
+                "steps": given,
                 "runs": rows,
             },
             f,

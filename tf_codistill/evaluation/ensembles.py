@@ -292,42 +292,23 @@ def load_model(
     groups = [int(g) for g in groups_text.split("+")]
     if len(set(groups)) != len(groups):
         raise errors.EvaluationError(f"model {spec!r} names a group twice")
-    if "," in step_text:
-        if len(groups) != 1:
-            raise errors.EvaluationError(
-                f"model {spec!r}: several steps (a temporal ensemble) take one group, not {groups}"
-            )
-        return _temporal_ensemble(
-            spec, root_dir, groups[0], step_text, gin_files, gin_bindings, head
+    steps = [int(s) for s in step_text.split(",")] if step_text else []
+    if len(steps) > 1 and len(groups) != 1:
+        raise errors.EvaluationError(
+            f"model {spec!r}: several steps (a temporal ensemble) take one group, not {groups}"
         )
+    if len(set(steps)) != len(steps):
+        raise errors.EvaluationError(f"model {spec!r} names a step twice")
     runs = [evaluator.load_group(root_dir, g, gin_files, gin_bindings) for g in groups]
-    if step_text:
+    if len(steps) > 1:  # A temporal ensemble: one group's checkpoints at several steps.
+        members = [evaluator.restored_at(runs[0], step) for step in steps]
+    elif step_text:
         step = int(step_text)
         members, steps = [evaluator.restored_at(run, step) for run in runs], [step] * len(runs)
     else:
         members, steps = zip(*[evaluator.latest_restored(run) for run in runs], strict=True)
-    if len(runs) == 1:
+    if len(members) == 1:
         return LoadedModel(spec, members[0], runs[0], tuple(steps))
     if head == "auto":
         head = metrics_lib.infer_head(runs[0].config.distill_loss, members[0].output_shape)
     return LoadedModel(spec, EnsembleModel(members, head), runs[0], tuple(steps), head)
-
-
-def _temporal_ensemble(
-    spec: str,
-    root_dir: str,
-    group: int,
-    step_text: str,
-    gin_files: Sequence[str],
-    gin_bindings: Sequence[str],
-    head: str,
-) -> LoadedModel:
-    """`ROOT_DIR:GROUP@S1,S2,...`: one group's checkpoints at those steps, averaged."""
-    steps = [int(s) for s in step_text.split(",")]
-    if len(set(steps)) != len(steps):
-        raise errors.EvaluationError(f"model {spec!r} names a step twice")
-    run = evaluator.load_group(root_dir, group, gin_files, gin_bindings)
-    members = [evaluator.restored_at(run, step) for step in steps]
-    if head == "auto":
-        head = metrics_lib.infer_head(run.config.distill_loss, members[0].output_shape)
-    return LoadedModel(spec, EnsembleModel(members, head), run, tuple(steps), head)
